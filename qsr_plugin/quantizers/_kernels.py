@@ -1,0 +1,77 @@
+"""Compiled (fused) or eager arithmetic for the fake-quantize autograd function.
+
+Eager PyTorch runs the quantizer's dozen element-wise steps as a dozen passes over memory,
+which costs about as much as the convolution it feeds. ``torch.compile`` fuses them into
+one loop forward and one backward (C++ on CPU, Triton on GPU), at the price of compiling
+on first use (about 20 s on a laptop-class CPU; cached on disk afterwards). Both paths
+compute the same values up to floating-point summation order.
+
+Activation quantizers use compiled kernels by default; ``QSR_COMPILE=0`` in the
+environment or ``use_compiled_kernels(False)`` selects eager ones. Weight tensors are small,
+so weights always use the eager kernels. If compilation fails (no C++ compiler, an
+unsupported platform), the eager kernels take over with one warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+_settings = {"compile": None}
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether activation quantizers use ``torch.compile``-d kernels."""
+    if _settings["compile"] is None:
+        value = os.environ.get("QSR_COMPILE", "1").strip().lower()
+        if value not in {"0", "1", "false", "true", "off", "on"}:
+            raise ValueError(f"QSR_COMPILE must be 0 or 1, got {value!r}")
+        _settings["compile"] = value in {"1", "true", "on"}
+    return _settings["compile"]
+
+
+def use_compiled_kernels(enabled: bool) -> None:
+    """Use ``torch.compile``-d (True) or eager (False) activation-quantizer kernels.
+
+    Example:
+        >>> use_compiled_kernels(False)  # e.g. for quick scripts that run a few steps
+    """
+    _settings["compile"] = bool(enabled)
+
+
+class Kernels:
+    """A forward and a backward function, optionally run through ``torch.compile``.
+
+    Each instance should wrap its own functions (distinct code objects), so that the
+    compiled versions keep separate, small caches of specialised graphs.
+    """
+
+    def __init__(self, forward: Callable, backward: Callable, compilable: bool) -> None:
+        self._eager = (forward, backward)
+        self._compiled: tuple[Callable, Callable] | None = None
+        self._compilable = compilable
+
+    def _call(self, index: int, *args):
+        if not (self._compilable and compiled_kernels_enabled()):
+            return self._eager[index](*args)
+        if self._compiled is None:
+            self._compiled = tuple(torch.compile(f, dynamic=True) for f in self._eager)
+        try:
+            return self._compiled[index](*args)
+        except Exception as error:  # compilation failed: fall back, say so once
+            use_compiled_kernels(False)
+            warnings.warn(
+                f"torch.compile of the fake-quantize kernels failed ({type(error).__name__}: "
+                f"{error}); using eager kernels, which are slower",
+                stacklevel=4,
+            )
+            return self._eager[index](*args)
+
+    def forward(self, *args):
+        return self._call(0, *args)
+
+    def backward(self, *args):
+        return self._call(1, *args)
