@@ -4,22 +4,46 @@ Example:
     >>> import torch, qsr_plugin
     >>> layer = qsr_plugin.QuantConv2d.from_float(torch.nn.Conv2d(3, 8, 3))
     >>> _ = qsr_plugin.calibrate(layer, torch.rand(2, 3, 16, 16))
+
+The main entry point is :func:`quantize`.
 """
 
 __version__ = "0.1.0"
 
 from .calibration import calibrate
-from .config import QuantSpec
+from .config import QuantizeConfig, QuantSpec
 from .layers import QuantConv2d, QuantLinear
 from .quantizers import Quantizer, list_methods, register_method
+from .quantizers._kernels import use_compiled_kernels
+from .rewrite.quantize import quantization_record, quantize
+from .rewrite.summary import summary
+from .rewrite.variants import (
+    active_depth,
+    depth_variants,
+    iter_depths,
+    joint_variant_loss,
+    set_depth,
+    use_depth,
+)
 
 __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantSpec",
+    "QuantizeConfig",
     "Quantizer",
     "__version__",
+    "active_depth",
     "calibrate",
+    "depth_variants",
+    "iter_depths",
+    "joint_variant_loss",
     "list_methods",
+    "quantization_record",
+    "quantize",
     "register_method",
+    "set_depth",
+    "summary",
+    "use_compiled_kernels",
+    "use_depth",
 ]

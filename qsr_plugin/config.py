@@ -42,6 +42,8 @@ class DictConfig:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
@@ -96,3 +98,105 @@ class QuantSpec(DictConfig):
 
 def _methods_with(option: str) -> list[str]:
     return [name for name in list_methods() if option in get_method(name).options]
+
+
+SCOPES = ("body", "all")
+
+
+def _int_tuple(value: Any, argument: str) -> tuple[int, ...]:
+    if isinstance(value, int | str) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{argument} must be a list of ints, got {value!r}")
+    items = tuple(value)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise ValueError(f"{argument} must be a list of ints, got {list(items)!r}")
+    return items
+
+
+def _pattern_tuple(value: Any, argument: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    items = tuple(value)
+    if not all(isinstance(v, str) and v for v in items):
+        raise ValueError(f"{argument} must be a list of non-empty strings, got {list(items)!r}")
+    return items
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig(DictConfig):
+    """Everything :func:`qsr_plugin.quantize` does to a model; maps onto a YAML section.
+
+    Attributes:
+        bits: weight and activation bits (2..8, or 32 for float), unless set separately.
+        weight_bits: weight bits; None means ``bits``.
+        act_bits: activation bits; None means ``bits``.
+        method: quantization method (``quantsr``, ``lsq``, ``dorefa``, ``pams``).
+        per_channel: one weight step per output channel.
+        phi_k: sharpness of QuantSR's redistribution function (``quantsr`` only).
+        shift: learn QuantSR's activation shift tau (``quantsr`` only).
+        depth_variants: depths of the body that share one set of weights, e.g. [4, 2, 1];
+            None for no depth switching. A depth above the body's grows the body.
+        depth_policy: which blocks a variant runs, ``"spread"`` or ``"prefix"``
+            (see :mod:`qsr_plugin.rewrite.depth`).
+        depth_members: explicit block indices per depth, overriding the policy.
+        scope: ``"body"`` (Conv2d/Linear inside the body) or ``"all"`` (every Conv2d/Linear
+            except the model's first and last).
+        include: glob patterns of qualified module names to quantize as well.
+        exclude: glob patterns of qualified module names to keep in float.
+        body: qualified name of the body container; None to detect it.
+
+    Example:
+        >>> QuantizeConfig(bits=2, depth_variants=[4, 2, 1]).layer_spec().weight_bits
+        2
+    """
+
+    bits: int = 4
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    method: str = "quantsr"
+    per_channel: bool = False
+    phi_k: float | None = None
+    shift: bool | None = None
+    depth_variants: tuple[int, ...] | None = None
+    depth_policy: str = "spread"
+    depth_members: dict[int, tuple[int, ...]] | None = None
+    scope: str = "body"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    body: str | None = None
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits, "bits")
+        self.layer_spec()  # validates method, bits and method options
+        if self.depth_variants is not None:
+            depths = _int_tuple(self.depth_variants, "depth_variants")
+            if not depths:
+                raise ValueError("depth_variants is empty; give one or more depths or None")
+            if any(d < 1 for d in depths):
+                raise ValueError(f"depth_variants must be positive, got {list(depths)}")
+            if len(set(depths)) != len(depths):
+                raise ValueError(f"depth_variants has duplicates: {list(depths)}")
+            object.__setattr__(self, "depth_variants", tuple(sorted(depths, reverse=True)))
+        if self.depth_members is not None:
+            if self.depth_variants is None:
+                raise ValueError("depth_members needs depth_variants")
+            members = {
+                int(d): _int_tuple(m, f"depth_members[{d}]") for d, m in self.depth_members.items()
+            }
+            object.__setattr__(self, "depth_members", members)
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        object.__setattr__(self, "include", _pattern_tuple(self.include, "include"))
+        object.__setattr__(self, "exclude", _pattern_tuple(self.exclude, "exclude"))
+        if self.body is not None and not isinstance(self.body, str):
+            raise ValueError(f"body must be a module path string, got {self.body!r}")
+
+    def layer_spec(self) -> QuantSpec:
+        """The per-layer quantization settings."""
+        return QuantSpec(
+            method=self.method,
+            weight_bits=self.bits if self.weight_bits is None else self.weight_bits,
+            act_bits=self.bits if self.act_bits is None else self.act_bits,
+            per_channel=self.per_channel,
+            phi_k=self.phi_k,
+            shift=self.shift,
+        )

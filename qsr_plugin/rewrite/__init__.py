@@ -1,0 +1,1 @@
+"""The model rewriter: analysis, body detection, depth switching, layer replacement."""

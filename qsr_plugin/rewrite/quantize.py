@@ -1,0 +1,239 @@
+"""``quantize()``: turn a float model into a QuantSR model, in place."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..calibration import name_quantizers
+from ..config import QuantizeConfig
+from ..layers import FLOAT_TO_QUANTIZED
+from ._module_state import preserved_module_state
+from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
+from .body import Body, detect_body, resolve_body
+from .depth import (
+    DepthSwitchableModuleList,
+    build_depth_switchable,
+    depth_switchable_bodies,
+    plan_variants,
+)
+from .selection import select_layers
+from .transaction import ModuleSwaps
+
+RECORD_ATTRIBUTE = "_qsr_record"
+DEFAULT_PROBE_SIZE = 64
+
+
+@dataclass
+class QuantizationRecord:
+    """What :func:`quantize` did to a model, kept on the model for ``summary`` and export."""
+
+    config: QuantizeConfig
+    body: Body | None
+    analysis_method: str
+    leaf_classes: list[str]
+    fx_error: str | None
+    quantized: list[str]
+    kept_float: dict[str, str] = field(default_factory=dict)
+
+
+def quantization_record(model: nn.Module) -> QuantizationRecord | None:
+    """The record :func:`quantize` left on ``model``, or None for a model it did not touch."""
+    return model.__dict__.get(RECORD_ATTRIBUTE)
+
+
+def default_example_input(model: nn.Module) -> torch.Tensor:
+    """A probe input: the model's declared input size (timm), else 1 x C x 64 x 64 images."""
+    reference = next(model.parameters(), None)
+    options = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(config, dict) and "input_size" in config:
+        return torch.rand(1, *config["input_size"], **options)
+    first = next((m for m in model.modules() if isinstance(m, COMPUTE_TYPES)), None)
+    if not isinstance(first, nn.Conv2d):
+        raise ValueError(
+            f"cannot guess an input for {type(model).__name__} (its first layer is not a "
+            "Conv2d); pass example_input=<a tensor the model accepts>"
+        )
+    size = DEFAULT_PROBE_SIZE
+    window = getattr(model, "window_size", None)
+    if isinstance(window, int) and window > 0:
+        size = window * math.ceil(DEFAULT_PROBE_SIZE / window)
+    return torch.rand(1, first.in_channels, size, size, **options)
+
+
+def _analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
+    try:
+        return analyze(model, example_input)
+    except Exception as error:
+        raise ValueError(
+            f"{type(model).__name__} did not run on an example input of shape "
+            f"{tuple(example_input.shape)} ({type(error).__name__}: {error}); pass "
+            "example_input=<a tensor the model accepts>"
+        ) from error
+
+
+def _choose_body(model: nn.Module, analysis: ModelAnalysis, config: QuantizeConfig):
+    if config.body is not None:
+        return resolve_body(model, analysis, config.body)
+    body = detect_body(model, analysis)
+    if body is None and config.depth_variants is not None:
+        raise ValueError(
+            f"depth_variants={list(config.depth_variants)} needs a repeated body, and "
+            f"{type(model).__name__} has none (no Sequential/ModuleList of two or more "
+            "same-class, shape-preserving blocks in a chain); omit depth_variants or name "
+            "the body with body=<module path>"
+        )
+    return body
+
+
+def _install_depth_switching(
+    model: nn.Module, body: Body, config: QuantizeConfig, swaps: ModuleSwaps, probe
+) -> None:
+    variants = plan_variants(
+        body.depth, config.depth_variants, config.depth_policy, config.depth_members
+    )
+    container = build_depth_switchable(model.get_submodule(body.path), variants)
+    swaps.replace(body.path, container)
+    if isinstance(container, DepthSwitchableModuleList):
+        _check_iterated(model, body, container, probe)
+
+
+def _check_iterated(model, body: Body, container: DepthSwitchableModuleList, probe) -> None:
+    """Make sure the parent's forward iterates the ModuleList (indexing would bypass DQA)."""
+    runs = []
+    original_run = container._run_block
+
+    def counting_run(*args, **kwargs):
+        runs.append(1)
+        return original_run(*args, **kwargs)
+
+    container._run_block = counting_run
+    try:
+        was_training = model.training
+        with torch.no_grad(), preserved_module_state(model):
+            model.eval()(probe)
+        model.train(was_training)
+    finally:
+        del container._run_block
+    if not runs:
+        raise ValueError(
+            f"body {body.path!r} is a ModuleList that the model's forward does not iterate "
+            f"with 'for block in self.{body.path.rsplit('.', 1)[-1]}' (it indexes it?), so "
+            "depth switching cannot take effect; omit depth_variants for this model"
+        )
+
+
+def quantize(
+    model: nn.Module,
+    bits: int = 4,
+    depth_variants: list[int] | None = None,
+    *,
+    config: QuantizeConfig | None = None,
+    example_input: torch.Tensor | None = None,
+    **settings,
+) -> nn.Module:
+    """Make ``model`` a QuantSR model, in place, and return it.
+
+    Conv2d/Linear layers in scope become :class:`QuantConv2d`/:class:`QuantLinear` (sharing
+    their parameters, so state-dict keys do not change); with ``depth_variants`` the body
+    becomes a depth-switchable container (DQA). The model keeps its class and attributes.
+    If anything fails, the model is left unchanged.
+
+    Args:
+        model: a float model (BasicSR arch, timm model, any nn.Module).
+        bits: weight and activation bits, 2..8.
+        depth_variants: depths sharing one set of weights, e.g. [4, 2, 1]; None for none.
+        config: all settings at once, instead of ``bits``/``depth_variants``/``settings``.
+        example_input: an input the model accepts, for tracing; guessed when omitted.
+        **settings: any other :class:`QuantizeConfig` field (``weight_bits``, ``act_bits``,
+            ``method``, ``scope``, ``include``, ``exclude``, ``body``, ...).
+
+    Returns:
+        ``model``, quantized.
+
+    Raises:
+        TypeError: ``model`` is not an nn.Module.
+        ValueError: bad settings, an already quantized model, no layer to quantize, or a
+            body that cannot take depth variants; the message names the module or argument.
+
+    Example:
+        >>> import qsr_plugin, torch
+        >>> from torch import nn
+        >>> blocks = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), blocks, nn.Conv2d(8, 3, 1))
+        >>> net = qsr_plugin.quantize(net, bits=4, depth_variants=[4, 2])
+        >>> qsr_plugin.depth_variants(net)
+        [4, 2]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = QuantizeConfig.from_dict({"bits": bits, "depth_variants": depth_variants, **settings})
+    elif settings or bits != 4 or depth_variants is not None:
+        raise ValueError("pass either config=QuantizeConfig(...) or individual settings, not both")
+    already = existing_quantized_layers(model) or [n for n, _ in depth_switchable_bodies(model)]
+    if already:
+        raise ValueError(
+            f"{type(model).__name__} is already quantized ({already[0]} is a qsr_plugin "
+            "module); quantize a fresh float model instead"
+        )
+    probe = default_example_input(model) if example_input is None else example_input
+    analysis = _analyze(model, probe)
+    body = _choose_body(model, analysis, config)
+    scope = config.scope
+    if scope == "body" and body is None:
+        warnings.warn(
+            f"{type(model).__name__} has no repeated body, so scope='body' falls back to "
+            "scope='all': every Conv2d/Linear except the first and last",
+            stacklevel=2,
+        )
+        scope = "all"
+
+    swaps = ModuleSwaps(model)
+    try:
+        if config.depth_variants is not None:
+            _install_depth_switching(model, body, config, swaps, probe)
+        selection = select_layers(
+            model,
+            scope,
+            body.path if body else None,
+            analysis.compute_order,
+            config.include,
+            config.exclude,
+        )
+        if not selection.quantize:
+            raise ValueError(
+                f"no Conv2d/Linear layer of {type(model).__name__} is in scope "
+                f"(scope={scope!r}, include={list(config.include)}, "
+                f"exclude={list(config.exclude)}); widen the scope or the include patterns"
+            )
+        spec = config.layer_spec()
+        for path in selection.quantize:
+            layer = model.get_submodule(path)
+            float_type = next(t for t in COMPUTE_TYPES if isinstance(layer, t))
+            swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
+    except BaseException:
+        swaps.undo()
+        raise
+    if selection.kept_float:
+        warnings.warn(
+            "kept in float (cannot be quantized as they are): "
+            + "; ".join(f"{k}: {v}" for k, v in selection.kept_float.items()),
+            stacklevel=2,
+        )
+    name_quantizers(model)
+    model.__dict__[RECORD_ATTRIBUTE] = QuantizationRecord(
+        config=config,
+        body=body,
+        analysis_method=analysis.method,
+        leaf_classes=analysis.leaf_classes,
+        fx_error=analysis.fx_error,
+        quantized=selection.quantize,
+        kept_float=selection.kept_float,
+    )
+    return model

@@ -1,0 +1,79 @@
+"""Which Conv2d/Linear layers of a model get quantized."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..layers import FLOAT_TO_QUANTIZED
+from .analysis import COMPUTE_TYPES
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The layers to quantize, and the in-scope layers kept in float with the reason."""
+
+    quantize: list[str]
+    kept_float: dict[str, str]
+
+
+def _compute_layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, COMPUTE_TYPES)]
+
+
+def _matching(names: list[str], patterns: tuple[str, ...], argument: str) -> set[str]:
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            raise ValueError(
+                f"{argument} pattern {pattern!r} matches no Conv2d/Linear layer; layer names "
+                f"look like {', '.join(names[:3]) or '(none)'} (glob syntax: * and ?)"
+            )
+        matched |= hits
+    return matched
+
+
+def _unsupported_reason(module: nn.Module) -> str | None:
+    quantized_type = FLOAT_TO_QUANTIZED.get(type(module))
+    if quantized_type is None:
+        float_type = next(t for t in COMPUTE_TYPES if isinstance(module, t))
+        quantized_type = FLOAT_TO_QUANTIZED[float_type]
+    try:
+        quantized_type._check_convertible(module)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def select_layers(
+    model: nn.Module,
+    scope: str,
+    body_path: str | None,
+    compute_order: list[str],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+) -> Selection:
+    """Apply scope, then ``include`` and ``exclude`` patterns; set aside unsupported layers.
+
+    ``scope="body"`` takes every Conv2d/Linear under ``body_path``; ``scope="all"`` every
+    Conv2d/Linear except the first and last ones that run (``compute_order``).
+    """
+    names = _compute_layers(model)
+    if scope == "body":
+        prefix = f"{body_path}."
+        chosen = {n for n in names if body_path is not None and n.startswith(prefix)}
+    else:
+        ends = {compute_order[0], compute_order[-1]} if compute_order else set()
+        chosen = set(names) - ends
+    chosen |= _matching(names, include, "include")
+    chosen -= _matching(names, exclude, "exclude")
+    kept_float = {}
+    for name in sorted(chosen):
+        reason = _unsupported_reason(model.get_submodule(name))
+        if reason:
+            kept_float[name] = reason
+    quantize = [n for n in names if n in chosen and n not in kept_float]
+    return Selection(quantize, kept_float)
