@@ -7,6 +7,8 @@ LR inputs are bicubic-downscaled patches of Set5 and Set14 (``../shared/data``).
 from __future__ import annotations
 
 import functools
+import math
+import struct
 
 import pytest
 import torch
@@ -88,3 +90,35 @@ def as_trained(model):
                 noise = torch.randn(parameter.shape, generator=generator)
                 parameter.add_(0.1 * noise)
     return model.eval()
+
+
+def expected_msrresnet_data_bytes(feat, blocks, grown, bits):
+    """Bytes of the data section of a saved MSRResNet (x4) grown from ``blocks`` to ``grown``
+    blocks, from the architecture definition: float numbers at 4 bytes, quantized weights
+    at ``bits`` bits packed per layer, the quantizer tables, one byte per signedness flag."""
+
+    def conv3(cin, cout):
+        return cin * cout * 9
+
+    float_numbers = (
+        conv3(3, feat)
+        + feat  # conv_first
+        + 2 * (conv3(feat, 4 * feat) + 4 * feat)  # upconv1, upconv2
+        + conv3(feat, feat)
+        + feat  # conv_hr
+        + conv3(feat, 3)
+        + 3  # conv_last
+        + grown * 2 * feat  # body conv biases
+        + grown
+        + (grown - blocks)  # shortcut scales, gates of grown blocks
+    )
+    layers = 2 * grown
+    codes = layers * math.ceil(conv3(feat, feat) * bits / 8)
+    tables = 4 * (layers + layers + layers * feat) + layers  # steps, shifts (f32), signed
+    return 4 * float_numbers + codes + tables
+
+
+def data_section_size(path):
+    raw = path.read_bytes()
+    (header,) = struct.unpack("<Q", raw[:8])
+    return len(raw) - 8 - header, 8 + header

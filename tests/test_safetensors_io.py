@@ -1,7 +1,6 @@
 """save()/load(): packed safetensors files of quantized BasicSR networks."""
 
 import json
-import math
 import os
 import pickle
 import struct
@@ -12,7 +11,9 @@ import torch
 from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
     arch,
     as_trained,
+    data_section_size,
     eager_kernels,
+    expected_msrresnet_data_bytes,
     lr_patches,
     small_msrresnet,
     small_swinir,
@@ -49,38 +50,6 @@ def test_round_trip_gives_bit_identical_outputs_at_every_depth(name, tmp_path):
     assert set(got) == set(expected) == set(qsr_plugin.depth_variants(model))
     for depth in expected:
         assert torch.equal(got[depth], expected[depth]), f"depth {depth} differs"
-
-
-def expected_msrresnet_data_bytes(feat, blocks, grown, bits):
-    """Bytes of the data section of a saved MSRResNet (x4) grown from ``blocks`` to ``grown``
-    blocks, from the architecture definition: float numbers at 4 bytes, quantized weights
-    at ``bits`` bits packed per layer, the quantizer tables, one byte per signedness flag."""
-
-    def conv3(cin, cout):
-        return cin * cout * 9
-
-    float_numbers = (
-        conv3(3, feat)
-        + feat  # conv_first
-        + 2 * (conv3(feat, 4 * feat) + 4 * feat)  # upconv1, upconv2
-        + conv3(feat, feat)
-        + feat  # conv_hr
-        + conv3(feat, 3)
-        + 3  # conv_last
-        + grown * 2 * feat  # body conv biases
-        + grown
-        + (grown - blocks)  # shortcut scales, gates of grown blocks
-    )
-    layers = 2 * grown
-    codes = layers * math.ceil(conv3(feat, feat) * bits / 8)
-    tables = 4 * (layers + layers + layers * feat) + layers  # steps, shifts (f32), signed
-    return 4 * float_numbers + codes + tables
-
-
-def data_section_size(path):
-    raw = path.read_bytes()
-    (header,) = struct.unpack("<Q", raw[:8])
-    return len(raw) - 8 - header, 8 + header
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
