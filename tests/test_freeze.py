@@ -15,7 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import qsr_plugin
 from qsr_plugin.export import frozen_record
 from qsr_plugin.export.frozen_body import GatedGrownBlock, ScaledResidualBlock, ScaledSkip
-from qsr_plugin.quantizers import quantizers_of
+from qsr_plugin.export.frozen_layers import FrozenActivationQuantizer
+from qsr_plugin.export.quantized_layers import activation_grid
+from qsr_plugin.quantizers import LearnedStepActivationQuantizer, quantizers_of
 
 BUILDS = {
     "msrresnet-w4": lambda: small_msrresnet(4),
@@ -121,6 +123,40 @@ def test_frozen_model_refuses_training_mode():
     frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=2)
     with pytest.raises(RuntimeError, match="is inference-only .* call model.eval()"):
         frozen.train()(lr_patches(count=1))
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_frozen_quantizer_hands_on_the_layout_of_the_training_quantizer(compiled):
+    qsr_plugin.use_compiled_kernels(compiled)
+    quantizer = LearnedStepActivationQuantizer(4, num_channels=12, channel_dim=-3)
+    tokens = lr_patches(count=1, size=16).flatten(2).repeat(1, 4, 1).transpose(1, 2).contiguous()
+    x = tokens.transpose(1, 2).view(1, 12, 16, 16)  # SwinIR's patch_unembed: a transposed view
+    qsr_plugin.calibrate(quantizer, x)
+    frozen = FrozenActivationQuantizer(activation_grid(quantizer)).eval()
+    expected = quantizer.eval()(x)
+    got = frozen(x)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
+
+
+@pytest.mark.slow
+def test_full_size_swinir_s_frozen_equals_quantized():
+    model = arch(
+        "SwinIR",
+        upscale=4,
+        img_size=64,
+        window_size=8,
+        depths=[6, 6, 6, 6],
+        embed_dim=60,
+        num_heads=[6, 6, 6, 6],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+    )
+    x = lr_patches("Set14", count=1, size=64, seed=2)
+    qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2, 1], example_input=x)
+    qsr_plugin.calibrate(model, lr_patches("Set14", count=2, size=64))
+    frozen = qsr_plugin.freeze(model.eval(), depth=4)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model(x))
 
 
 @pytest.mark.slow
