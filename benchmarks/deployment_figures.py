@@ -76,11 +76,14 @@ def main() -> None:
                     str(path), providers=["CPUExecutionProvider"]
                 )
                 got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-                error = np.abs(got - frozen(x).numpy()).max()
+                difference = np.abs(got - frozen(x).numpy())
                 size = path.stat().st_size
+            psnr = 10 * np.log10(1 / max(np.mean(difference**2), 1e-30))
             print(
                 f"\nONNX (depth {depth}, input 1x3x{args.size}x{args.size}): {size:,} bytes; "
-                f"onnxruntime vs PyTorch max abs difference {error:.3g}\n"
+                f"onnxruntime vs PyTorch: max abs difference {difference.max():.3g}, "
+                f"{100 * np.mean(difference > 1e-4):.2f}% of values beyond 1e-4, "
+                f"PSNR {psnr:.1f} dB\n"
             )
 
 

@@ -13,15 +13,18 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
 )
 
 import qsr_plugin
+from qsr_plugin.export import onnx_export
 from qsr_plugin.export.frozen_layers import is_frozen_layer
 
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 
-# onnxruntime and PyTorch sum convolutions in different orders; where that moves an input
-# across a rounding boundary of the next quantizer, one code changes. Measured here: at most
-# 1e-6 on these models; a flipped code would show as an error of about one step.
-TOLERANCE = 1e-4
+# The stated tolerance (see qsr_plugin/export/onnx_export.py): onnxruntime's LayerNorm,
+# softmax and GELU differ from PyTorch's by about 1e-7, which now and then moves an
+# activation across a rounding boundary and changes one code. So: at least 98% of the output
+# values within 1e-4, none beyond 0.05 (measured on full-size SwinIR_S: 1.1% beyond 1e-4,
+# at most 0.011 at 4 bits; on these small models every value is within 1e-6).
+CLOSE, WITHIN_CLOSE, FAR = 1e-4, 0.98, 0.05
 T = onnx.TensorProto
 
 
@@ -38,7 +41,8 @@ def check_export(model, depth, tmp_path):
         expected = frozen(x).numpy()
     got = run_onnx(path, x)
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= TOLERANCE
+    difference = np.abs(got - expected)
+    assert np.mean(difference <= CLOSE) >= WITHIN_CLOSE and difference.max() <= FAR
     return frozen, onnx.load(path)
 
 
@@ -77,6 +81,35 @@ def test_two_bit_swinir_clips_to_the_two_bit_range_in_int4(tmp_path):
     for initializer in code_initializers(model.graph).values():
         values = onnx.numpy_helper.to_array(initializer)
         assert initializer.data_type == T.INT4 and values.min() >= -2 and values.max() <= 1
+    contents = [
+        (i.data_type, tuple(i.dims), onnx.numpy_helper.to_array(i).tobytes())
+        for i in model.graph.initializer
+    ]
+    assert len(set(contents)) == len(contents)  # identical constants are stored once
+    assert not any(node.metadata_props for node in model.graph.node)
+
+
+def test_identical_initializers_are_stored_once_and_the_graph_computes_the_same():
+    from onnx import helper
+
+    twice = [helper.make_tensor(name, T.FLOAT, [2], [0.5, -1.0]) for name in ("a", "b")]
+    nodes = [helper.make_node("Add", ["x", "a"], ["y"]), helper.make_node("Mul", ["y", "b"], ["z"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", T.FLOAT, [2])],
+        twice,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.array([1.0, 2.0], np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    onnx_export._share_identical_initializers(onnx, model.graph)
+    assert [i.name for i in model.graph.initializer] == ["a"]
+    assert [list(n.input) for n in model.graph.node] == [["x", "a"], ["y", "a"]]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"x": x})[0], expected)
 
 
 @pytest.mark.slow
