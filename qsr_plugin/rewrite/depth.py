@@ -187,6 +187,10 @@ class DepthSwitchableModuleList(_DepthSwitchable, nn.ModuleList):
     def __iter__(self) -> Iterator:
         return self._block_calls()
 
+    def __repr__(self) -> str:
+        # nn.ModuleList's repr iterates the container, which yields block calls here.
+        return nn.Module.__repr__(self)
+
 
 def build_depth_switchable(
     container: nn.Module, variants: Mapping[int, Sequence[int]]
@@ -200,8 +204,10 @@ def build_depth_switchable(
         if name in container._modules:
             raise ValueError(f"cannot grow {type(container).__name__}: it already has a {name!r}")
         named.append((name, copy.deepcopy(named[source][1])))
-    kind = DepthSwitchableSequential if isinstance(container, nn.Sequential) else (
-        DepthSwitchableModuleList
+    kind = (
+        DepthSwitchableSequential
+        if isinstance(container, nn.Sequential)
+        else (DepthSwitchableModuleList)
     )
     return kind(named, original, variants).train(container.training)
 
