@@ -1,0 +1,1 @@
+"""Integrations of qsr_plugin with training frameworks (BasicSR)."""
