@@ -81,6 +81,7 @@ def resumed_run(sr_datasets, tmp_path_factory) -> ResumedRun:
         "--auto_resume",
         "--force_yml",
         f"train:total_iter={killed_at + 2}",
+        "logger:use_tb_logger=true",
         cwd=root,
     )
     assert resumed.returncode == 0, resumed.stderr[-5000:]
@@ -114,6 +115,16 @@ def test_log_shows_each_variants_loss_and_psnr(resumed_run):
     for depth in DEPTHS:
         assert re.search(rf"# psnr@{depth}: \d+\.\d+\s+Best: \d+\.\d+ @ \d+ iter", log)
         assert re.search(rf"# ssim@{depth}: 0\.\d+", log)
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_each_variants_loss_and_metrics(resumed_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(resumed_run.root / "tb_logger" / EXPERIMENT)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for depth in DEPTHS:
+        assert {f"losses/l_pix@{depth}", f"metrics/Set5/psnr@{depth}"} <= scalars
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ They take BasicSR's own flags and run ``basicsr.train.train_pipeline`` /
 ``results/`` and ``tb_logger/`` land where the command is run, and relative dataset
 paths start there too. Before BasicSR runs, the option file is read with the safe YAML
 loader and checked (:mod:`.options`); BasicSR then runs inside :func:`.runtime.basicsr_runtime`.
+``QuantSRModel`` is registered by importing this package.
 
 Example:
     ``qsr-train -opt recipes/quantsr_t_x4.yml``, or on two processes without GPUs
@@ -72,8 +73,6 @@ def _checked_command_line(argv: Sequence[str] | None, is_train: bool) -> list[st
     argv = list(sys.argv[1:] if argv is None else argv)
     arguments = build_parser(_prog(is_train), is_train).parse_args(argv)
     read_option_file(arguments.opt)  # refuses unsafe YAML before anything runs
-    from . import model  # noqa: F401  (registers QuantSRModel)
-
     return argv
 
 

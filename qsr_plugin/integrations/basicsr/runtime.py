@@ -39,17 +39,19 @@ def _safe_ordered_yaml() -> tuple[type, type]:
     return SafeLoader, yaml.SafeDumper
 
 
-def _init_dist_any_device(basicsr_init_dist: Callable, launcher: str, backend="nccl", **kwargs):
+def _init_dist_any_device(
+    basicsr_init_dist: Callable, launcher: str, backend: str = "nccl", **kwargs
+) -> None:
     """BasicSR's ``init_dist`` with CUDA; a gloo process group from ``torchrun`` without."""
     if torch.cuda.is_available():
-        return basicsr_init_dist(launcher, backend, **kwargs)
-    if launcher != "pytorch":
+        basicsr_init_dist(launcher, backend, **kwargs)
+    elif launcher == "pytorch":
+        dist.init_process_group(backend="gloo")
+    else:
         raise OptionError(
             f"--launcher {launcher} needs CUDA GPUs; on a machine without them launch with "
             "torchrun --nproc_per_node=N ... --launcher pytorch (gloo backend)"
         )
-    dist.init_process_group(backend="gloo")
-    return None
 
 
 def _parse_then_check(parse_options: Callable, root_path: str, is_train: bool = True):
