@@ -1,1 +1,1 @@
-"""Integrations of qsr_plugin with training frameworks (BasicSR)."""
+"""Glue between qsr_plugin and the model zoos it serves (BasicSR, timm)."""

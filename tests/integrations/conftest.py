@@ -1,4 +1,4 @@
-"""Shared fixtures of the BasicSR integration tests: real SR data in BasicSR's layout."""
+"""Fixtures of the BasicSR integration tests: real SR data in BasicSR's layout, eager kernels."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def workdir(tmp_path, sr_datasets, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def eager_kernels():
-    """Eager quantizer kernels: these tests are about BasicSR, not about compile time."""
+    """Eager quantizer kernels: the BasicSR tests are about BasicSR, not about compile time."""
     previous = compiled_kernels_enabled()
     use_compiled_kernels(False)
     yield

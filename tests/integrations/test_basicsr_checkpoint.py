@@ -23,6 +23,8 @@ from qsr_plugin.rewrite.depth import depth_switchable_bodies
 from basicsr.archs import build_network  # isort: skip
 from basicsr.models import build_model  # isort: skip
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 SMOKE = read_option_file(SMOKE_RECIPE)
 
 

@@ -20,6 +20,8 @@ from qsr_plugin.sr_data import evaluate_bicubic, load_hr_images, make_pairs
 from basicsr.data import build_dataloader, build_dataset  # isort: skip
 from basicsr.models import build_model  # isort: skip
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 
 def parse(workdir, options: dict | None = None, *force: str, is_train: bool = True) -> dict:
     """BasicSR's options for the smoke recipe (or ``options`` written to a file)."""

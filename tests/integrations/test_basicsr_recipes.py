@@ -21,6 +21,8 @@ from qsr_plugin.rewrite.depth import depth_switchable_bodies
 from basicsr.archs import build_network  # isort: skip
 from basicsr.utils.registry import MODEL_REGISTRY  # isort: skip
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 ALL = sorted(RECIPES.glob("*.yml"))
 TESTS = [p for p in ALL if p.name.startswith("test_")]
 TRAINING = [p for p in ALL if p not in TESTS]

@@ -13,6 +13,8 @@ from qsr_plugin.integrations.basicsr import entry
 from qsr_plugin.integrations.basicsr.options import OptionError
 from qsr_plugin.integrations.basicsr.runtime import _init_dist_any_device, load_resume_state
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 
 def test_slurm_launcher_without_cuda_points_to_torchrun(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
