@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from basicsr_helpers import SMOKE_RECIPE
+from basicsr_helpers import REPO_ROOT, SMOKE_RECIPE
 
 from qsr_plugin import QuantizeConfig
 from qsr_plugin.integrations.basicsr import entry
@@ -194,3 +196,15 @@ def test_force_yml_is_applied_before_the_checks(smoke_options, workdir):
     assert options["train"]["total_iter"] == 7
     with pytest.raises(OptionError, match=r"datasets.val.dataroot_lq: nowhere does not exist"):
         entry.parse_options(["-opt", str(path), "--force_yml", "datasets:val:dataroot_lq=nowhere"])
+
+
+@pytest.mark.parametrize("script", ["qsr-train", "qsr-test"])
+def test_console_scripts_take_basicsr_s_flags(script, capsys):
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    module, function = re.search(rf'^{script} = "([\w.]+):(\w+)"$', pyproject, re.M).groups()
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(importlib.import_module(module), function)(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for flag in ("-opt", "--launcher", "--auto_resume", "--debug", "--local_rank", "--force_yml"):
+        assert flag in shown
