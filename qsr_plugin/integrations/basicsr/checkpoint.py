@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qsr_plugin.quantizers import quantizers_of
 from qsr_plugin.rewrite.depth import depth_switchable_bodies
 
 from .options import OptionError
+from .quantizer_state import quantizer_tensors
 
 MODULE_PREFIX = "module."
 SHOWN_KEYS = 8
@@ -143,9 +143,7 @@ def save_atomically(obj: object, path: str | os.PathLike) -> None:
 
 def quantsr_only_keys(net: nn.Module) -> set[str]:
     """Keys that a float network lacks: quantizer state and depth-switching parameters."""
-    keys = set()
-    for name, quantizer in quantizers_of(net):
-        keys.update(f"{name}.{key}" for key in quantizer.state_dict())
+    keys = set(quantizer_tensors(net))
     for name, body in depth_switchable_bodies(net):
         keys.update(f"{name}.{key}" for key, _ in body.named_parameters(recurse=False))
     return keys

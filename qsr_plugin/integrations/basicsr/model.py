@@ -231,21 +231,18 @@ class QuantSRModel(SRModel):
         self.output = output[..., : height * scale, : width * scale]
 
     def _initialize_variant_best(self, dataset_name: str, metrics: dict) -> None:
-        records = self.__dict__.setdefault("best_metric_results", {})
-        if dataset_name in records:
+        if not hasattr(self, "best_metric_results"):
+            self.best_metric_results = {}
+        if dataset_name in self.best_metric_results:
             return
-        records[dataset_name] = {}
+        records = self.best_metric_results[dataset_name] = {}
         for depth in self.depths:
             for name, metric in metrics.items():
                 better = metric.get("better", "higher")
                 worst = -math.inf if better == "higher" else math.inf
-                records[dataset_name][tagged(name, depth)] = {
-                    "better": better,
-                    "val": worst,
-                    "iter": -1,
-                }
+                records[tagged(name, depth)] = {"better": better, "val": worst, "iter": -1}
 
-    def _image_path(self, image: str, dataset: str, current_iter, depth: Depth) -> Path:
+    def _image_path(self, image: str, dataset: str, current_iter: int | str, depth: Depth) -> Path:
         suffix = "" if depth is None else f"_depth{depth}"
         folder = Path(self.opt["path"]["visualization"])
         if self.opt["is_train"]:
