@@ -32,7 +32,7 @@ from torch import nn
 
 from .cost_count import ForwardCost, count_forward
 from .export.quantized_layers import quantized_layers, require_quantized
-from .export.safetensors_io import derived_buffer_keys, save
+from .export.safetensors_io import save, unique_state
 from .quantizers import quantizers_of
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
@@ -197,18 +197,6 @@ class _Twin:
                 swaps.replace(path, nn.ModuleList(block for _, block in blocks))
 
 
-def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state-dict entries a file of ``model`` holds: each tensor once, no rebuilt buffers."""
-    derived = derived_buffer_keys(model)
-    state, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
-        if key not in derived and storage not in seen:
-            seen.add(storage)
-            state[key] = tensor
-    return state
-
-
 def b32_limit(model: nn.Module) -> int:
     """Bytes of ``model``'s parameters and buffers at b/32, without any file header.
 
@@ -228,7 +216,7 @@ def b32_limit(model: nn.Module) -> int:
     }
     total = sum(
         tensor.numel() * (bits[key] / 8 if key in bits else 4)
-        for key, tensor in _stored_state(model).items()
+        for key, tensor in unique_state(model)[0].items()
         if key not in flags
     )
     return round(total)
@@ -240,7 +228,7 @@ def _file_sizes(model: nn.Module, float_model: nn.Module, folder: Path) -> FileS
         key: tensor.detach()
         .to("cpu", torch.float32 if tensor.is_floating_point() else None)
         .clone()
-        for key, tensor in _stored_state(float_model).items()
+        for key, tensor in unique_state(float_model)[0].items()
     }
     float_path = folder / "float32.safetensors"
     safetensors.torch.save_file(tensors, str(float_path))

@@ -19,7 +19,7 @@ REPOSITORY_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("quants
 def test_report_prints_the_table_with_every_variant_and_the_file_size(capsys, tmp_path):
     assert main(["report", "-opt", str(RECIPE), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "SwinIR, quantsr: bits=2, depth_variants=[4, 2, 1]" in out
+    assert "SwinIR, quantsr: bits=2, method=quantsr, depth_variants=[4, 2, 1]" in out
     rows = [line for line in out.splitlines() if line.startswith("| float") or "| 2/2 |" in line]
     assert [row.split("|")[3].strip() for row in rows] == ["4", "4", "2", "1"]
     assert "saved file (qsr_plugin.save, all blocks):" in out
@@ -66,7 +66,11 @@ def write_recipe(tmp_path, change):
         (lambda o: o.pop("quantsr"), r"needs a 'quantsr:' section"),
         (
             lambda o: o["network_g"].update(type="NoSuchNet"),
-            r"network_g\.type 'NoSuchNet' is not a r",
+            r"network_g\.type: 'NoSuchNet' is not a registered BasicSR arch",
+        ),
+        (
+            lambda o: o["quantsr"].update(depth_variants=[4, 2], body="upsample"),
+            r"quantsr: cannot quantize SwinIR: body='upsample' is not a chain of blocks",
         ),
         (
             lambda o: o["network_g"].update(type="MSRResNet"),  # SwinIR's settings
@@ -88,7 +92,7 @@ def test_python_tags_are_refused_before_anything_runs(tmp_path, capsys):
         RECIPE.read_text() + "\nhook: !!python/object/apply:os.system ['touch pwned']\n"
     )
     assert main(["report", "-opt", str(path)]) == 2
-    assert "refused: it contains a Python object tag" in capsys.readouterr().err
+    assert "tags that build Python objects (!!python/...) are refused" in capsys.readouterr().err
     assert main(["report", "-opt", str(tmp_path / "absent.yml")]) == 2
     assert "absent.yml does not exist" in capsys.readouterr().err
 

@@ -1,9 +1,8 @@
-"""Reading a BasicSR option file with a ``quantsr:`` section and building its quantized network.
+"""A BasicSR option file's quantized network: ``network_g`` built and quantized with ``quantsr``.
 
-Only two parts of the file matter here: ``network_g`` (``type``, a BasicSR architecture
-name, and that architecture's keyword arguments) and ``quantsr`` (the fields of
-:class:`qsr_plugin.QuantizeConfig`). The file is read with ``yaml.safe_load``, so Python
-object tags are refused instead of executed.
+The file is read and checked by :mod:`qsr_plugin.integrations.basicsr.options` (safe YAML
+loader, registered arch, ``quantsr`` keys), as ``qsr-train`` reads it; only ``network_g`` and
+the ``quantsr`` section are used here.
 """
 
 from __future__ import annotations
@@ -13,11 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
-from .._basicsr_compat import import_basicsr
 from ..config import QuantizeConfig
+from ..integrations.basicsr.options import (
+    check_network_type,
+    quantize_config,
+    read_option_file,
+)
 from ..rewrite.quantize import quantize
 
 CALIBRATION_PATCH = 32
@@ -56,55 +58,36 @@ def read_recipe(path: str | Path) -> Recipe:
     """Parse an option file.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not YAML, Python tags, or a missing/malformed ``network_g`` or
-            ``quantsr`` section; the message names the file and the key.
+        ValueError: a missing file, not YAML, a Python object tag, an unknown arch, or a
+            missing or bad ``quantsr`` section; the message names the file and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"option file {path} does not exist")
+    options = read_option_file(path)
     try:
-        options = yaml.safe_load(path.read_text())
-    except yaml.constructor.ConstructorError as error:
-        raise ValueError(
-            f"{path}: refused: it contains a Python object tag ({error.problem}); option "
-            "files must be plain YAML"
-        ) from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(options, dict):
-        raise ValueError(f"{path}: expected a mapping of options, got {type(options).__name__}")
-    network = options.get("network_g")
-    if not isinstance(network, dict) or not isinstance(network.get("type"), str):
-        raise ValueError(f"{path}: network_g must be a mapping with a 'type' (a BasicSR arch)")
-    section = options.get("quantsr")
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: needs a 'quantsr:' section with the quantization settings")
-    try:
-        config = QuantizeConfig.from_dict(section, where="quantsr.")
-    except (TypeError, ValueError) as error:
+        arch = check_network_type(options.get("network_g"))
+        config = quantize_config(options)
+    except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
-    arch_options = {k: v for k, v in network.items() if k != "type"}
-    return Recipe(path, network["type"], arch_options, config)
+    arch_options = {k: v for k, v in options["network_g"].items() if k != "type"}
+    return Recipe(path, arch, arch_options, config)
 
 
 def build_network(recipe: Recipe, example_input=None) -> nn.Module:
     """The float network of ``network_g``, from BasicSR's ARCH_REGISTRY, quantized.
 
     Raises:
-        ValueError: an unknown arch type or arguments it does not take (naming the key).
+        ValueError: settings the arch does not take, or a ``quantsr`` section it cannot
+            take (naming the file).
     """
-    import_basicsr()
-    from basicsr.utils.registry import ARCH_REGISTRY
+    from basicsr.utils.registry import ARCH_REGISTRY  # imported by read_recipe's checks
 
-    if recipe.arch not in ARCH_REGISTRY:
-        known = ", ".join(sorted(name for name, _ in ARCH_REGISTRY))
-        raise ValueError(
-            f"{recipe.path}: network_g.type {recipe.arch!r} is not a registered BasicSR arch; "
-            f"registered: {known}"
-        )
     try:
         network = ARCH_REGISTRY.get(recipe.arch)(**recipe.arch_options)
     except TypeError as error:
         raise ValueError(f"{recipe.path}: network_g does not fit {recipe.arch}: {error}") from error
-    return quantize(network, config=recipe.config, example_input=example_input)
+    try:
+        return quantize(network, config=recipe.config, example_input=example_input)
+    except ValueError as error:
+        raise ValueError(
+            f"{recipe.path}: quantsr: cannot quantize {recipe.arch}: {error}"
+        ) from error

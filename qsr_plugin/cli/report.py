@@ -45,9 +45,12 @@ def register(subparsers) -> None:
 
 
 def _given_settings(recipe) -> str:
+    """``bits`` and ``method``, then every other setting that differs from its default."""
+    settings = recipe.config.to_dict()
     defaults = type(recipe.config)().to_dict()
-    given = {k: v for k, v in recipe.config.to_dict().items() if v != defaults[k]}
-    return ", ".join(f"{k}={v}" for k, v in given.items()) or "defaults"
+    shown = {k: settings[k] for k in ("bits", "method")}
+    shown |= {k: v for k, v in settings.items() if v != defaults[k]}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -89,17 +89,19 @@ def _data_section(raw: bytes) -> tuple[dict[str, Any], bytes]:
     return header, raw[8 + header_size :]
 
 
-def _serialise(model: nn.Module) -> bytes:
-    tensors, covered = pack_tables(model)
+def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``model.state_dict()`` without rebuilt buffers, each tensor once.
+
+    Returns:
+        ``(state, aliases)``: the entries to store, and ``{key: stored key}`` for the keys
+        whose tensor is stored under another key (tied weights).
+    """
     derived = derived_buffer_keys(model)
+    state: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
-    digests: dict[str, str] = {}
     stored_at: dict[tuple, str] = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
-        if key in covered:
-            continue
         if key in derived:
-            digests[key] = _digest(tensor)
             continue
         identity = (
             tensor.untyped_storage().data_ptr(),
@@ -110,9 +112,20 @@ def _serialise(model: nn.Module) -> bytes:
         )
         if tensor.numel() and identity in stored_at:
             aliases[key] = stored_at[identity]
-            continue
-        stored_at[identity] = key
-        tensors[key] = tensor.detach().cpu().clone().contiguous()
+        else:
+            stored_at[identity] = key
+            state[key] = tensor.detach()
+    return state, aliases
+
+
+def _serialise(model: nn.Module) -> bytes:
+    tensors, covered = pack_tables(model)
+    state, aliases = unique_state(model)
+    current = model.state_dict()
+    digests = {key: _digest(current[key]) for key in derived_buffer_keys(model)}
+    for key, tensor in state.items():
+        if key not in covered:
+            tensors[key] = tensor.cpu().clone().contiguous()
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
