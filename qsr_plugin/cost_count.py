@@ -38,11 +38,10 @@ ATTENTION_OPS = {
 
 @dataclass(frozen=True)
 class LayerCall:
-    """One Conv2d or Linear call: its qualified name, MACs and weight size."""
+    """One Conv2d or Linear call: its qualified name and multiply-accumulates."""
 
     name: str
     macs: int
-    weight_numel: int
 
 
 @dataclass
@@ -125,7 +124,7 @@ def count_forward(model: nn.Module, input_size: tuple[int, ...]) -> ForwardCost:
     def after(module, args, output):
         counter.inside_layer -= 1
         macs = _layer_macs(module, output)
-        cost.layers.append(LayerCall(names[module], macs, module.weight.numel()))
+        cost.layers.append(LayerCall(names[module], macs))
 
     for module in names:
         handles.append(module.register_forward_pre_hook(before))

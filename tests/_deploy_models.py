@@ -54,6 +54,14 @@ def lr_patches(image_set: str = "Set5", count: int = 2, size: int = 16, seed: in
     return _patches(image_set, count, size, seed).clone()
 
 
+def lr_crops(image_set: str, size: int, count: int) -> torch.Tensor:
+    """Top-left ``size`` x ``size`` crops of the LR images (x4) of the first ``count`` images
+    of a set that are large enough."""
+    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set(image_set)), SCALE)
+    crops = [sr_data.to_tensor(lr[:size, :size]) for _, lr, _ in pairs if min(lr.shape[:2]) >= size]
+    return torch.stack(crops[:count])
+
+
 def small_msrresnet(bits: int = 4, **settings):
     """MSRResNet with 16 features and 4 blocks grown to variants [8, 4, 2] (QuantSR-C's plan)."""
     model = arch("MSRResNet", num_feat=16, num_block=4, upscale=SCALE)

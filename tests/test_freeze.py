@@ -6,6 +6,7 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
     arch,
     as_trained,
     eager_kernels,
+    lr_crops,
     lr_patches,
     small_msrresnet,
     small_swinir,
@@ -139,7 +140,9 @@ def test_frozen_quantizer_hands_on_the_layout_of_the_training_quantizer(compiled
 
 
 @pytest.mark.slow
-def test_full_size_swinir_s_frozen_equals_quantized():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_full_size_swinir_s_frozen_equals_quantized(compiled):
+    qsr_plugin.use_compiled_kernels(compiled)
     model = arch(
         "SwinIR",
         upscale=4,
@@ -151,9 +154,10 @@ def test_full_size_swinir_s_frozen_equals_quantized():
         mlp_ratio=2,
         upsampler="pixelshuffledirect",
     )
-    x = lr_patches("Set14", count=1, size=64, seed=2)
+    crops = lr_crops("Set14", size=64, count=3)  # 64 = img_size: the stored attention masks
+    x = crops[2:]
     qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2, 1], example_input=x)
-    qsr_plugin.calibrate(model, lr_patches("Set14", count=2, size=64))
+    qsr_plugin.calibrate(model, crops[:2])
     frozen = qsr_plugin.freeze(model.eval(), depth=4)
     with torch.no_grad():
         assert torch.equal(frozen(x), model(x))
