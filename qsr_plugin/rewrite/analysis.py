@@ -70,9 +70,7 @@ class _LeafTracer(fx.Tracer):
         self.failed_in: str | None = None
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, self.leaf_types) or super().is_leaf_module(
-            module, qualified_name
-        )
+        return isinstance(module, self.leaf_types) or super().is_leaf_module(module, qualified_name)
 
     def call_module(self, module, forward, args, kwargs):
         self.path_stack.append(self.path_of_module(module))
@@ -121,9 +119,11 @@ def _trace_with_fx(model: nn.Module, example_input: torch.Tensor):
     for _ in range(MAX_TRACE_ATTEMPTS):
         tracer = _LeafTracer(leaf_types, notrace_functions)
         try:
+            before = set(model.__dict__)
             with preserved_module_state(model):
                 graph = tracer.trace(model)
-            return graph, leaf_classes, None
+                constants = {k: v for k, v in model.__dict__.items() if k not in before}
+            return _graph_module(model, graph, constants), leaf_classes, None
         except Exception as error:
             culprit = tracer.failed_in
             if not culprit:  # the model's own forward cannot be traced
@@ -134,6 +134,24 @@ def _trace_with_fx(model: nn.Module, example_input: torch.Tensor):
             leaf_types = (*leaf_types, culprit_type)
             leaf_classes.append(culprit_type.__name__)
     return None, leaf_classes, "too many untraceable module classes"
+
+
+def _graph_module(model: nn.Module, graph: fx.Graph, constants: dict) -> fx.GraphModule:
+    """The traced graph over the model as it was before tracing, plus the trace's constants.
+
+    Attributes the forward assigned while tracing (SwinIR's ``self.mean``) hold proxies
+    then; building the GraphModule from the restored model avoids copying those.
+    """
+    targets = {
+        node.target
+        for node in graph.nodes
+        if node.op in ("call_module", "get_attr") and node.target not in constants
+    }
+    root = dict(constants)
+    for target in targets:
+        owner_path, _, name = target.rpartition(".")
+        root[target] = getattr(model.get_submodule(owner_path), name)
+    return fx.GraphModule(root, graph, class_name=type(model).__name__)
 
 
 def _record_compute_order(model: nn.Module, run) -> list[str]:
@@ -160,7 +178,9 @@ def _calls_from_hooks(model: nn.Module, example_input: torch.Tensor):
         def hook(module, args):
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             keep_alive.extend(tensors)
-            seen.setdefault(name, []).append(([(str(id(t)), tuple(t.shape)) for t in tensors], None))
+            seen.setdefault(name, []).append(
+                ([(str(id(t)), tuple(t.shape)) for t in tensors], None)
+            )
 
         return hook
 
@@ -204,14 +224,13 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
     model.eval()
     try:
         with torch.no_grad():
-            graph, leaf_classes, error = _trace_with_fx(model, example_input)
-            if graph is not None:
-                graph_module = fx.GraphModule(model, graph)
+            graph_module, leaf_classes, error = _trace_with_fx(model, example_input)
+            if graph_module is not None:
                 with preserved_module_state(model):
                     compute_order = _record_compute_order(
                         model, lambda: ShapeProp(graph_module).propagate(example_input)
                     )
-                calls = _calls_from_graph(graph)
+                calls = _calls_from_graph(graph_module.graph)
                 return ModelAnalysis("fx", calls, compute_order, leaf_classes)
             calls, compute_order = _calls_from_hooks(model, example_input)
             return ModelAnalysis("hooks", calls, compute_order, leaf_classes, fx_error=error)

@@ -200,8 +200,10 @@ def build_depth_switchable(
         if name in container._modules:
             raise ValueError(f"cannot grow {type(container).__name__}: it already has a {name!r}")
         named.append((name, copy.deepcopy(named[source][1])))
-    kind = DepthSwitchableSequential if isinstance(container, nn.Sequential) else (
-        DepthSwitchableModuleList
+    kind = (
+        DepthSwitchableSequential
+        if isinstance(container, nn.Sequential)
+        else (DepthSwitchableModuleList)
     )
     return kind(named, original, variants).train(container.training)
 

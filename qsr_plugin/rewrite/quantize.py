@@ -49,7 +49,9 @@ def quantization_record(model: nn.Module) -> QuantizationRecord | None:
 def default_example_input(model: nn.Module) -> torch.Tensor:
     """A probe input: the model's declared input size (timm), else 1 x C x 64 x 64 images."""
     reference = next(model.parameters(), None)
-    options = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+    options = (
+        {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+    )
     config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(config, dict) and "input_size" in config:
         return torch.rand(1, *config["input_size"], **options)
@@ -173,7 +175,9 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
     if config is None:
-        config = QuantizeConfig.from_dict({"bits": bits, "depth_variants": depth_variants, **settings})
+        config = QuantizeConfig.from_dict(
+            {"bits": bits, "depth_variants": depth_variants, **settings}
+        )
     elif settings or bits != 4 or depth_variants is not None:
         raise ValueError("pass either config=QuantizeConfig(...) or individual settings, not both")
     already = existing_quantized_layers(model) or [n for n, _ in depth_switchable_bodies(model)]

@@ -1,0 +1,29 @@
+"""Shared fixtures: real images as model inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qsr_plugin.sr_data import builtin_images, to_tensor
+
+
+@pytest.fixture(scope="session")
+def photo() -> torch.Tensor:
+    """A real photograph (scikit-image's astronaut), 3 x 512 x 512 in [0, 1]."""
+    return to_tensor(builtin_images()["train"]["astronaut"])
+
+
+@pytest.fixture(scope="session")
+def real_batch(photo):
+    """``real_batch(shape)``: crops of the photograph with that (N, 3, H, W) shape."""
+
+    def make(shape: tuple[int, ...]) -> torch.Tensor:
+        n, _, h, w = shape
+        crops = [
+            photo[:, 40 + 37 * i : 40 + 37 * i + h, 100 + 23 * i : 100 + 23 * i + w]
+            for i in range(n)
+        ]
+        return torch.stack(crops).contiguous()
+
+    return make
