@@ -17,7 +17,15 @@ from .._basicsr_compat import import_basicsr
 from .._files import atomic_output
 from ..rewrite.quantize import quantize
 from ..rewrite.variants import iter_depths
-from ..sr_data import PatchSampler, evaluate_bicubic, evaluate_sr, make_pairs, to_tensor, to_uint8
+from ..sr_data import (
+    PatchSampler,
+    bicubic_upscale,
+    evaluate_bicubic,
+    evaluate_sr,
+    make_pairs,
+    to_tensor,
+    to_uint8,
+)
 from ..sr_training import calibrate_from_sampler, progress_bar, train_float, train_qat
 from ..training_stats import QuantizerStatsRecorder
 from .deployment import export_and_measure
@@ -200,8 +208,6 @@ def _upscale(model: nn.Module, lr: torch.Tensor):
 
 
 def _comparison(rows, outputs, crop, crop_lr, crop_hr, crop_name, scale):
-    from ..sr_data import bicubic_upscale
-
     scores = {row.label: row.per_image[crop_name]["psnr"] for row in rows}
     panels = [(f"HR ({crop_name})\nPSNR on Y, whole image", crop.of_hr(crop_hr, scale))]
     panels.append(
