@@ -9,6 +9,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import qsr_plugin
@@ -155,15 +156,34 @@ def photo_folder(tmp_path, count, side=96):
 MICRO = ["--features", "4", "--blocks", "2", "--steps", "2", "2", "--patch", "8", "--batch", "2"]
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("restore_threads")
 def test_demo_is_reproducible_for_a_seed(tmp_path):
     data = photo_folder(tmp_path, 3)
 
     def run(seed, name):
+        out = tmp_path / name
         status, _, stderr = run_cli(
-            "demo", *MICRO, "--data", str(data), "--seed", str(seed), "--out", str(tmp_path / name)
+            "demo",
+            *MICRO,
+            "--data",
+            str(data),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
         )
         assert status == 0, stderr
         results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["threads"] == 1 and torch.get_num_threads() == 1
         stats = (tmp_path / name / "training_stats_w4.json").read_text()
         return results["rows"], results["training_l1"], stats
 
@@ -250,6 +270,7 @@ def test_unwritable_output_folder_is_refused(tmp_path):
         (["--seed", "-1"], r"--seed must be a non-negative integer, got -1"),
         (["--patch", "0"], r"--patch must be a positive integer, got 0"),
         (["--steps", "1", "2", "3"], r"--steps takes FLOAT QAT or one number"),
+        (["--threads", "0"], r"--threads must be a positive integer, got 0"),
     ],
 )
 def test_bad_bits_depths_and_numbers_are_refused(tmp_path, arguments, match):

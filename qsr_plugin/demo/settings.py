@@ -54,8 +54,8 @@ class DemoSettings:
     scale: int = 4
     bits: tuple[int, ...] = (4,)
     depths: tuple[int, ...] | None = None
-    float_steps: int = 600
-    qat_steps: int = 250
+    float_steps: int = 500
+    qat_steps: int = 200
     seed: int = 0
     out: Path = Path("qsr_demo")
     data: Path | None = None
