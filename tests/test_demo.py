@@ -14,8 +14,10 @@ from PIL import Image
 
 import qsr_plugin
 import qsr_plugin.demo.run as demo_run
+import qsr_plugin.demo.threads as threads_module
 from qsr_plugin.cli import main
 from qsr_plugin.demo.figures import GAP, LABEL_HEIGHT
+from qsr_plugin.demo.threads import available_cores, choose_threads
 from qsr_plugin.sr_data import bicubic_upscale, builtin_images, make_pairs
 
 TINY = ["--features", "8", "--blocks", "2", "--steps", "3", "2", "--patch", "8", "--batch", "2"]
@@ -156,20 +158,13 @@ def photo_folder(tmp_path, count, side=96):
 MICRO = ["--features", "4", "--blocks", "2", "--steps", "2", "2", "--patch", "8", "--batch", "2"]
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("restore_threads")
 def test_demo_is_reproducible_for_a_seed(tmp_path):
     data = photo_folder(tmp_path, 3)
+    threads = torch.get_num_threads()
 
     def run(seed, name):
         out = tmp_path / name
-        status, _, stderr = run_cli(
+        status, stdout, stderr = run_cli(
             "demo",
             *MICRO,
             "--data",
@@ -182,8 +177,9 @@ def test_demo_is_reproducible_for_a_seed(tmp_path):
             "1",
         )
         assert status == 0, stderr
+        assert "threads: 1: requested with --threads" in stdout
         results = json.loads((tmp_path / name / "results.json").read_text())
-        assert results["threads"] == 1 and torch.get_num_threads() == 1
+        assert results["threads"] == 1 and torch.get_num_threads() == threads  # restored
         stats = (tmp_path / name / "training_stats_w4.json").read_text()
         return results["rows"], results["training_l1"], stats
 
@@ -194,6 +190,17 @@ def test_demo_is_reproducible_for_a_seed(tmp_path):
     assert [r["label"] for r in rows] == ["bicubic", "float", "w4 d4", "w4 d2", "w4 d1"]
     assert set(rows[0]["per_image"]) == {"02_coins"}  # the last fifth, at least one, held out
     assert all(math.isfinite(r["psnr"]) for r in rows)
+
+
+def test_one_thread_on_a_busy_machine_else_torchs_choice(monkeypatch):
+    cores = available_cores()
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (2.0 * cores, 1.0, 1.0))
+    chosen, reason = choose_threads(None)
+    if cores > 1:
+        assert chosen == 1 and f"load average {2.0 * cores:.1f} on {cores} cores" in reason
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads(None)[0] == torch.get_num_threads()
+    assert choose_threads(3) == (3, "requested with --threads")
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from .deployment import export_and_measure
 from .figures import TradeoffPoint, comparison_strip, hardest_crop, save_png, tradeoff_plot
 from .settings import DemoSettings, check_numbers, check_quantizable, load_inputs
 from .table import ResultRow, format_table
+from .threads import choose_threads
 
 MODELS_FOLDER = "models"
 
@@ -72,10 +73,12 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     """Runs the whole demo and writes its outputs to ``settings.out``.
 
     Every input is checked before training starts (:class:`DemoInputError` otherwise).
-    Steps: float training; for each bit width, QuantSR quantization of a copy of the float
-    model with the depth variants, calibration and joint QAT of all depths; evaluation of
-    bicubic, float and every bit width and depth on the held-out images; export; the table,
-    the comparison crop, the trade-off plot, the training statistics and ``results.json``.
+    torch's thread count is set for the run (:func:`~qsr_plugin.demo.threads.choose_threads`)
+    and restored afterwards. Steps: float training; for each bit width, QuantSR quantization
+    of a copy of the float model with the depth variants, calibration and joint QAT of all
+    depths; evaluation of bicubic, float and every bit width and depth on the held-out
+    images; export; the table, the comparison crop, the trade-off plot, the training
+    statistics and ``results.json``.
 
     Example:
         >>> result = run_demo(DemoSettings(float_steps=50, qat_steps=20, out=Path("demo")))
@@ -84,6 +87,16 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     started = time.perf_counter()
     check_numbers(settings)
     inputs = load_inputs(settings)
+    threads, reason = choose_threads(settings.threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_checked(settings, inputs, log, started, f"{threads}: {reason}")
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_checked(settings: DemoSettings, inputs, log, started: float, threads: str) -> DemoResult:
     model = build_srresnet(settings)
     check_quantizable(model, settings)
     scale, depths = settings.scale, list(settings.resolved_depths())
@@ -93,6 +106,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
         f"data: {inputs.source}; training on {', '.join(n for n, _ in inputs.train)}; "
         f"held out: {', '.join(n for n, _ in inputs.heldout)}"
     )
+    log(f"threads: {threads}")
     log(
         f"model: MSRResNet x{scale}, {settings.features} channels, {settings.blocks} blocks, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters; QuantSR-C bits "
@@ -142,6 +156,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
                 sampler,
                 settings.qat_steps,
                 lr=settings.qat_lr,
+                shortcut_lr=settings.shortcut_lr,
                 batch_size=settings.batch,
                 callbacks=[bar, recorder],
             )
@@ -185,7 +200,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
         "lr_window": {"y": crop.y, "x": crop.x, "size": crop.size},
         "panels": ["HR", *(row.label for row in rows)],
     }
-    _write_results(result, settings, inputs, comparison, training)
+    _write_results(result, settings, inputs, comparison, training, threads)
     return result
 
 
@@ -230,7 +245,9 @@ def _loss_summary(history) -> dict:
     }
 
 
-def _write_results(result, settings, inputs, comparison: dict, training: dict) -> None:
+def _write_results(
+    result, settings, inputs, comparison: dict, training: dict, threads: str
+) -> None:
     data = {
         "qsr_plugin": __version__,
         "settings": settings.to_dict(),
@@ -244,6 +261,7 @@ def _write_results(result, settings, inputs, comparison: dict, training: dict) -
         "comparison": comparison,
         "seconds": result.seconds,
         "threads": torch.get_num_threads(),
+        "threads_reason": threads,
         "files": {role: path.name for role, path in result.files.items()},
     }
     with atomic_output(result.files["results"]) as temporary:

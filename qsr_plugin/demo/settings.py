@@ -42,8 +42,12 @@ class DemoSettings:
         blocks: residual blocks of the float SRResNet body (``--blocks``).
         float_lr: initial learning rate of float training (cosine decay to 0).
         qat_lr: initial learning rate of QAT.
+        shortcut_lr: initial QAT learning rate of the shortcut scales and of the gates of
+            the grown blocks (which start at 0 and must open within a short run).
         calibration_batches: batches that initialise the quantizers before QAT.
         record_every: QAT steps between two records of the quantizer statistics.
+        threads: CPU threads for torch (``--threads``); None chooses (see
+            :func:`qsr_plugin.demo.threads.choose_threads`).
         progress: show progress bars.
 
     Example:
@@ -65,8 +69,10 @@ class DemoSettings:
     blocks: int = 8
     float_lr: float = 1e-3
     qat_lr: float = 2e-4
+    shortcut_lr: float = 2e-3
     calibration_batches: int = 4
     record_every: int = 10
+    threads: int | None = None
     progress: bool = True
 
     def resolved_depths(self) -> tuple[int, ...]:
@@ -131,6 +137,8 @@ def check_numbers(settings: DemoSettings) -> None:
         )
     if isinstance(settings.seed, bool) or not isinstance(settings.seed, int) or settings.seed < 0:
         raise DemoInputError(f"--seed must be a non-negative integer, got {settings.seed!r}")
+    if settings.threads is not None:
+        _positive(settings.threads, "--threads")
     if not settings.bits:
         raise DemoInputError("--bits needs at least one bit width, e.g. --bits 4 2")
     if len(set(settings.bits)) != len(settings.bits):
