@@ -58,10 +58,10 @@ class DemoSettings:
     scale: int = 4
     bits: tuple[int, ...] = (4,)
     depths: tuple[int, ...] | None = None
-    float_steps: int = 500
-    qat_steps: int = 200
+    float_steps: int = 400
+    qat_steps: int = 100
     seed: int = 0
-    out: Path = Path("qsr_demo")
+    out: Path = Path("qsr_demo_output")
     data: Path | None = None
     patch: int = 24
     batch: int = 16
