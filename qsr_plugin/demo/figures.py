@@ -129,10 +129,9 @@ def tradeoff_plot(
                     p.label, (x, p.psnr), textcoords="offset points", xytext=(4, 4), fontsize=8
                 )
         ax.axhline(bicubic_psnr, color="grey", linestyle="--", label="bicubic")
-        ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("PSNR on Y (dB), held-out images")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()

@@ -52,6 +52,8 @@ def _ratio(value: float | None, reference: float | None) -> str:
     if not reference:
         return f"{value:,.{_digits(value)}f}"
     drop = 100 * (1 - value / reference)
+    if value == reference:
+        return f"{value:,.{_digits(value)}f} (0%)"
     return f"{value:,.{_digits(value)}f} ({'↓' if drop >= 0 else '↑'}{abs(drop):.1f}%)"
 
 
