@@ -9,6 +9,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -16,6 +17,7 @@ import qsr_plugin
 import qsr_plugin.demo.run as demo_run
 import qsr_plugin.demo.threads as threads_module
 from qsr_plugin.cli import main
+from qsr_plugin.demo import DemoSettings, build_srresnet
 from qsr_plugin.demo.figures import GAP, LABEL_HEIGHT
 from qsr_plugin.demo.threads import available_cores, choose_threads
 from qsr_plugin.sr_data import bicubic_upscale, builtin_images, make_pairs
@@ -133,13 +135,60 @@ def test_training_statistics_are_written_and_plotted(tiny_demo):
     assert image.shape[1] > image.shape[0] > 200
 
 
-def test_export_and_cost_columns_are_marked_pending_until_the_deployment_api_lands(tiny_demo):
+@pytest.fixture
+def demo_threads(tiny_demo):
+    """torch runs with the demo's thread count (float sums in the same order) meanwhile."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(json.loads((tiny_demo[3] / "results.json").read_text())["threads"])
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("demo_threads")
+def test_exported_models_load_back_and_score_as_in_the_table(tiny_demo):
+    _, _, _, out = tiny_demo
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["label"]: row for row in results["rows"]}
+    assert rows["float"]["file"] == "models/srresnet_float.safetensors"
+    assert {rows[f"w4 d{d}"]["file"] for d in (4, 2, 1)} == {"models/quantsr_w4.safetensors"}
+    settings = DemoSettings(features=8, blocks=2)
+    pairs = make_pairs(builtin_images()["heldout"].items(), 4)
+
+    float_model = build_srresnet(settings)
+    safetensors.torch.load_model(float_model, out / rows["float"]["file"])
+    scores = qsr_plugin.sr_data.evaluate_sr(float_model.eval(), pairs, 4)
+    assert scores["psnr"] == rows["float"]["psnr"]
+
+    quantized = qsr_plugin.quantize(build_srresnet(settings), bits=4, depth_variants=[4, 2, 1])
+    qsr_plugin.load(out / rows["w4 d4"]["file"], quantized)
+    quantized.eval()
+    for depth in qsr_plugin.iter_depths(quantized):
+        scores = qsr_plugin.sr_data.evaluate_sr(quantized, pairs, 4)
+        assert scores["psnr"] == rows[f"w4 d{depth}"]["psnr"], depth
+
+
+def test_cost_columns_come_from_the_report_and_the_files(tiny_demo):
     _, stdout, _, out = tiny_demo
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert all(row["params"] is None and row["file"] is None for row in rows)
-    assert (out / "table.txt").read_text().count("pending") == 3 * (len(rows) - 1)
-    assert "trade-off plot: pending" in stdout
-    assert not (out / "tradeoff.png").exists() and not (out / "models").exists()
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["label"]: row for row in results["rows"]}
+    quantized = qsr_plugin.quantize(
+        build_srresnet(DemoSettings(features=8, blocks=2)), bits=4, depth_variants=[4, 2, 1]
+    )
+    efficiency = qsr_plugin.report(quantized, input_size=(3, 256, 256), saved_file=False)
+    expected = {row.blocks: row for row in efficiency.rows[1:]}
+    for depth in (4, 2, 1):
+        row = rows[f"w4 d{depth}"]
+        assert row["params"] == pytest.approx(expected[depth].params / 1e3)
+        assert row["ops"] == pytest.approx(expected[depth].ops / 1e9)
+        assert row["file_bytes"] == (out / row["file"]).stat().st_size
+    assert rows["float"]["params"] == pytest.approx(efficiency.rows[0].params / 1e3)
+    assert rows["float"]["params"] > rows["w4 d4"]["params"] > rows["w4 d1"]["params"]
+    assert rows["float"]["ops"] > rows["w4 d4"]["ops"] > rows["w4 d1"]["ops"]
+    assert rows["bicubic"]["params"] is None
+    float_line = next(line for line in stdout.splitlines() if line.startswith("SRResNet"))
+    assert f"{rows['float']['file_bytes'] / 1024:,.1f}" in float_line
+    image = read_png(out / "tradeoff.png")
+    assert image.shape[1] > image.shape[0] > 200
 
 
 def photo_folder(tmp_path, count, side=96):

@@ -93,7 +93,7 @@ class TradeoffPoint:
     label: str
     psnr: float
     ops: float
-    size: float
+    params: float
     bits: int
 
 
@@ -102,16 +102,16 @@ def tradeoff_plot(
     bicubic_psnr: float,
     path: str | os.PathLike,
     ops_label: str,
-    size_label: str,
+    params_label: str,
     title: str,
 ) -> Path:
-    """PSNR against operations and against size, one marker per model; writes a PNG."""
+    """PSNR against operations and against parameters, one marker per model; writes a PNG."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4.4))
     axes = figure.subplots(1, 2)
     markers = {32: "s", 8: "D", 6: "v", 5: "P", 4: "o", 3: "^", 2: "X"}
-    for ax, attribute, label in ((axes[0], "ops", ops_label), (axes[1], "size", size_label)):
+    for ax, attribute, label in ((axes[0], "ops", ops_label), (axes[1], "params", params_label)):
         for bits in sorted({p.bits for p in points}, reverse=True):
             group = sorted(
                 (p for p in points if p.bits == bits), key=lambda p: getattr(p, attribute)

@@ -28,7 +28,7 @@ from ..sr_data import (
 )
 from ..sr_training import calibrate_from_sampler, progress_bar, train_float, train_qat
 from ..training_stats import QuantizerStatsRecorder
-from .deployment import export_and_measure
+from .deployment import REPORT_INPUT_SIZE, export_and_measure, export_float
 from .figures import TradeoffPoint, comparison_strip, hardest_crop, save_png, tradeoff_plot
 from .settings import DemoSettings, check_numbers, check_quantizable, load_inputs
 from .table import ResultRow, format_table
@@ -136,7 +136,7 @@ def _run_checked(settings: DemoSettings, inputs, log, started: float, threads: s
         _row("SRResNet", 32, settings.blocks, evaluate_sr(model, pairs, scale)),
     ]
     outputs = {"float": _upscale(model, crop_input)}
-    _attach(rows[1:], export_and_measure(model, models_folder, "srresnet_float", None))
+    float_file = export_float(model, models_folder, "srresnet_float")
 
     files: dict[str, Path] = {}
     for bits in settings.bits:
@@ -166,7 +166,8 @@ def _run_checked(settings: DemoSettings, inputs, log, started: float, threads: s
         for depth in iter_depths(quantized):
             bits_rows.append(_row("QuantSR-C", bits, depth, evaluate_sr(quantized, pairs, scale)))
             outputs[bits_rows[-1].label] = _upscale(quantized, crop_input)
-        _attach(bits_rows, export_and_measure(quantized, models_folder, f"quantsr_w{bits}", depths))
+        measured = export_and_measure(quantized, models_folder, f"quantsr_w{bits}", float_file)
+        _attach([rows[1], *bits_rows], measured)
         rows.extend(bits_rows)
         stats_json = recorder.stats.save(inputs.out / f"training_stats_w{bits}.json")
         files[f"training_stats_w{bits}_json"] = stats_json
@@ -178,17 +179,15 @@ def _run_checked(settings: DemoSettings, inputs, log, started: float, threads: s
         _comparison(rows, outputs, crop, crop_lr, crop_hr, crop_name, scale),
         inputs.out / "comparison.png",
     )
-    if all(row.ops is not None for row in rows[1:]):
-        files["tradeoff"] = tradeoff_plot(
-            [TradeoffPoint(r.label, r.psnr, r.ops, r.file_bytes / 1024, r.bits) for r in rows[1:]],
-            rows[0].psnr,
-            inputs.out / "tradeoff.png",
-            "operations (G, quantized layers at bits/32)",
-            "exported file size (KB)",
-            f"held-out PSNR against cost, x{scale}",
-        )
-    else:
-        log("trade-off plot: pending (needs qsr_plugin.report and qsr_plugin.save)")
+    files["tradeoff"] = tradeoff_plot(
+        [TradeoffPoint(r.label, r.psnr, r.ops, r.params, r.bits) for r in rows[1:]],
+        rows[0].psnr,
+        inputs.out / "tradeoff.png",
+        "operations (G multiply-accumulates, quantized layers at b/32), input "
+        + "x".join(map(str, REPORT_INPUT_SIZE)),
+        "parameters (K, quantized weights at b/32)",
+        f"held-out PSNR against cost, x{scale}",
+    )
     files["table"] = inputs.out / "table.txt"
     with atomic_output(files["table"]) as temporary:
         temporary.write_text(table + "\n")
@@ -208,13 +207,13 @@ def _row(method: str, bits: int | None, depth: int | None, scores: dict) -> Resu
     return ResultRow(method, bits, depth, scores["psnr"], scores["ssim"], scores["per_image"])
 
 
-def _attach(rows: list[ResultRow], figures) -> None:
-    if figures is None:
-        return
+def _attach(rows: list[ResultRow], measured: dict) -> None:
+    """Fills the cost columns: the float row from key None, quantized rows by depth."""
     for row in rows:
-        measured = figures[row.depth if row.bits != 32 else None]
-        row.params, row.ops = measured.params, measured.ops
-        row.file, row.file_bytes = measured.file.name, measured.file_bytes
+        figures = measured[None if row.bits == 32 else row.depth]
+        row.params, row.ops = figures.params, figures.ops
+        row.file = f"{MODELS_FOLDER}/{figures.file.name}"
+        row.file_bytes = figures.file_bytes
 
 
 def _upscale(model: nn.Module, lr: torch.Tensor):

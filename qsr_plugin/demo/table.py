@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-PENDING = "pending"
-
 
 @dataclass
 class ResultRow:
@@ -18,11 +16,13 @@ class ResultRow:
         depth: blocks run (None for bicubic).
         psnr, ssim: means over the held-out images (Y channel).
         per_image: ``{name: {"psnr": .., "ssim": ..}}``.
-        params: parameters in thousands, quantized ones counted at ``bits/32``; None while
-            the export/report step is pending.
-        ops: operations in G for the report's input size, same convention; None if pending.
-        file_bytes: size of the exported model file; None if pending.
-        file: the exported file's name in the output folder; None if pending.
+        params: parameters in thousands, quantized weights counted at ``bits/32``
+            (:func:`qsr_plugin.report`); None for bicubic.
+        ops: operations in G (multiply-accumulates) for a 3x256x256 input, same
+            convention; None for bicubic.
+        file_bytes: size of the exported model file (one file holds every depth of a bit
+            width); None for bicubic.
+        file: that file, relative to the output folder; None for bicubic.
     """
 
     method: str
@@ -46,9 +46,7 @@ class ResultRow:
         return f"w{self.bits} d{self.depth}"
 
 
-def _ratio(value: float | None, reference: float | None) -> str:
-    if value is None:
-        return PENDING
+def _ratio(value: float, reference: float | None) -> str:
     if not reference:
         return f"{value:,.{_digits(value)}f}"
     drop = 100 * (1 - value / reference)
@@ -92,9 +90,7 @@ def format_table(rows: Sequence[ResultRow], scale: int, heldout: Sequence[str]) 
                 f"{row.ssim:.4f}",
                 _ratio(row.params, reference and reference.params) if cost else "-",
                 _ratio(row.ops, reference and reference.ops) if cost else "-",
-                (PENDING if row.file_bytes is None else f"{row.file_bytes / 1024:,.1f}")
-                if cost
-                else "-",
+                f"{row.file_bytes / 1024:,.1f}" if cost else "-",
             ]
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
