@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..rewrite.quantize import quantization_record
-from .atomic_write import write_atomically
+from .._files import write_atomically
 from .freeze import frozen_record
 from .frozen_layers import FrozenActivationQuantizer, is_frozen_layer
 from .qdq import QDQ_OPSET

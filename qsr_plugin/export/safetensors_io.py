@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .atomic_write import write_atomically
+from .._files import write_atomically
 from .layer_tables import TABLE_NAMES, pack_tables, unpack_tables
 from .model_description import describe, differences
 from .quantized_layers import require_deployable, require_quantized

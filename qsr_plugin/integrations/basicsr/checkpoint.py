@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qsr_plugin.export.atomic_write import write_atomically
+from qsr_plugin._files import write_atomically
 from qsr_plugin.rewrite.depth import depth_switchable_bodies
 
 from .options import OptionError
