@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..rewrite.quantize import quantization_record
 from .._files import write_atomically
+from ..rewrite.quantize import quantization_record
 from .freeze import frozen_record
 from .frozen_layers import FrozenActivationQuantizer, is_frozen_layer
 from .qdq import QDQ_OPSET

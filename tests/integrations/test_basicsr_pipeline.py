@@ -125,6 +125,22 @@ def test_tensorboard_gets_each_variants_loss_and_metrics(resumed_run):
     scalars = set(events.Tags()["scalars"])
     for depth in DEPTHS:
         assert {f"losses/l_pix@{depth}", f"metrics/Set5/psnr@{depth}"} <= scalars
+    for group in ("weight_step", "act_step", "act_shift"):
+        assert f"quantizer/{group}/variance" in scalars
+        assert f"quantizer/{group}" in events.Tags()["histograms"]
+
+
+@pytest.mark.slow
+def test_quantizer_statistics_are_saved_for_qsr_stats(resumed_run, tmp_path):
+    from qsr_plugin.training_stats import TrainingStats
+
+    stats = TrainingStats.load(resumed_run.experiment / "quantizer_stats.json")
+    steps = [record["step"] for record in stats.records]
+    # One record per validation of the resumed run (BasicSR's final validation is labelled
+    # with the iteration after the last one); the killed run did not validate.
+    assert steps == sorted(set(steps)) and steps[0] == resumed_run.killed_at + 2
+    assert stats.records[-1]["act_step"]["min"] > 0
+    assert stats.plot(tmp_path / "stats.png").stat().st_size > 0
 
 
 @pytest.mark.slow

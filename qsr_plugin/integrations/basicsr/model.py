@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from qsr_plugin import calibrate, quantize, summary, use_depth
 from qsr_plugin._basicsr_compat import import_basicsr
 from qsr_plugin.config import QuantizeConfig
+from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
 from .checkpoint import load_checkpoint, read_state_dict, save_atomically
 from .options import OptionError, check_network_type, quantize_config, variant_loss_weights
@@ -277,6 +278,31 @@ class QuantSRModel(SRModel):
             for key, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, key, value, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if self.opt["is_train"]:
+            self._record_quantizer_statistics(current_iter, tb_logger)
+
+    def _record_quantizer_statistics(self, current_iter: int, tb_logger) -> None:
+        """Quantizer steps and shifts at each validation (the seed's Figures 1-2).
+
+        They go to tensorboard (scalars and histograms under ``quantizer/``) and to
+        ``<experiment>/quantizer_stats.json``, which ``qsr stats`` plots. A resumed run
+        continues the file it finds, dropping records from after the resume point (written
+        by the interrupted run past its last saved state).
+        """
+        net = self.get_bare_model(self.net_g)
+        try:
+            quantizer_values(net)
+        except ValueError:  # a method without learnable steps (dorefa): nothing to record
+            return
+        path = Path(self.opt["path"]["experiments_root"]) / "quantizer_stats.json"
+        recorder = QuantizerStatsRecorder(net, title=self.opt["name"])
+        if path.exists():
+            recorder.stats = TrainingStats.load(path)
+            recorder.stats.records = [r for r in recorder.stats.records if r["step"] < current_iter]
+        recorder.record(current_iter)
+        recorder.stats.save(path)
+        if tb_logger is not None:
+            recorder.log_to_tensorboard(tb_logger, current_iter)
 
     # -- saving --------------------------------------------------------------------------
     @master_only
