@@ -295,6 +295,7 @@ class QuantSRModel(SRModel):
         except ValueError:  # a method without learnable steps (dorefa): nothing to record
             return
         path = Path(self.opt["path"]["experiments_root"]) / "quantizer_stats.json"
+        path.parent.mkdir(parents=True, exist_ok=True)  # train.py makes it; a bare model may not
         recorder = QuantizerStatsRecorder(net, title=self.opt["name"])
         if path.exists():
             recorder.stats = TrainingStats.load(path)
