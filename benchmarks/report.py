@@ -1,0 +1,54 @@
+"""Results on disk: JSON plus a Markdown table, written atomically, and machine details."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """Where the figures were measured: CPU, thread count, load, library versions."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min_at_start": load,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so no half-written file remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub Markdown table; floats are printed as given (format them before)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save(name: str, result: dict, markdown: str, directory: Path = RESULTS_DIR) -> Path:
+    """Write ``<directory>/<name>.json`` and ``<name>.md``; returns the Markdown path."""
+    write_atomically(directory / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    markdown_path = directory / f"{name}.md"
+    write_atomically(markdown_path, markdown)
+    return markdown_path
