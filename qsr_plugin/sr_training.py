@@ -1,0 +1,261 @@
+"""Short super-resolution training loops: a float model, and QuantSR QAT of all depths at once.
+
+Both loops draw (LR, HR) patch batches from a :class:`qsr_plugin.sr_data.PatchSampler`,
+minimise the L1 loss with Adam and a cosine learning-rate decay to zero, and call each
+callback after every step with a :class:`StepReport`. Runs are reproducible: the batches
+come from the sampler's own generator and nothing else in the loop draws random numbers,
+so the same model, sampler seed and settings give the same weights (on the same machine
+and thread count).
+
+Example:
+    >>> sampler = PatchSampler(images, scale=4, patch_size=24, seed=0)
+    >>> train_float(model, sampler, steps=500, lr=1e-3)
+    >>> qsr_plugin.quantize(model, bits=4, depth_variants=[16, 8, 4])
+    >>> calibrate_from_sampler(model, sampler, batches=4, batch_size=16)
+    >>> train_qat(model, sampler, steps=300, lr=2e-4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .calibration import calibrate
+from .rewrite.variants import depth_variants, joint_variant_loss, use_depth
+from .sr_data import PatchSampler
+
+FLOAT_LOSS_KEY = "float"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a training step reports to the callbacks.
+
+    Attributes:
+        step: steps completed so far (1 after the first step).
+        total: steps in the run.
+        loss: the loss that was back-propagated (for QAT: the weighted sum over depths).
+        losses: each part of it: ``{"float": ...}``, or ``{"d16": ..., "d8": ...}`` for QAT.
+        lr: the learning rate the step used.
+    """
+
+    step: int
+    total: int
+    loss: float
+    losses: dict[str, float]
+    lr: float
+
+
+Callback = Callable[[StepReport], None]
+LossFunction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def _check_positive(value: object, argument: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}")
+
+
+def _run(
+    model: nn.Module,
+    sampler: PatchSampler,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    loss_of_batch: LossFunction,
+    callbacks: Sequence[Callback],
+) -> list[StepReport]:
+    """The shared loop: Adam on every trainable parameter, cosine decay, callbacks."""
+    _check_positive(steps, "steps")
+    _check_positive(batch_size, "batch_size")
+    if not lr > 0:
+        raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    device = parameters[0].device
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / steps))
+    )
+    was_training = model.training
+    model.train()
+    history = []
+    try:
+        for step in range(1, steps + 1):
+            lr_batch, hr_batch = (t.to(device) for t in sampler.sample(batch_size))
+            step_lr = optimizer.param_groups[0]["lr"]
+            total, parts = loss_of_batch(lr_batch, hr_batch)
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"training diverged at step {step}: loss {total.item()}; lower lr (now {lr:g})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            schedule.step()
+            report = StepReport(
+                step=step,
+                total=steps,
+                loss=total.item(),
+                losses={name: part.item() for name, part in parts.items()},
+                lr=step_lr,
+            )
+            history.append(report)
+            for callback in callbacks:
+                callback(report)
+    finally:
+        model.train(was_training)
+    return history
+
+
+def train_float(
+    model: nn.Module,
+    sampler: PatchSampler,
+    steps: int,
+    *,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    callbacks: Sequence[Callback] = (),
+) -> list[StepReport]:
+    """Trains a float SR model with the L1 loss.
+
+    Args:
+        model: maps an N x 3 x P x P batch to N x 3 x (P*scale) x (P*scale).
+        sampler: source of training patches.
+        steps: optimiser steps.
+        lr: initial Adam learning rate, decayed to 0 along a cosine.
+        batch_size: patches per step.
+        callbacks: called with a :class:`StepReport` after each step.
+
+    Returns:
+        The report of every step.
+
+    Example:
+        >>> history = train_float(model, sampler, steps=200)
+        >>> history[-1].loss < history[0].loss
+        True
+    """
+
+    def loss_of_batch(lr_batch, hr_batch):
+        loss = F.l1_loss(model(lr_batch), hr_batch)
+        return loss, {FLOAT_LOSS_KEY: loss}
+
+    return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks)
+
+
+def depth_key(depth: int) -> str:
+    """The key of a depth variant in :attr:`StepReport.losses` (``"d16"`` for 16 blocks)."""
+    return f"d{depth}"
+
+
+def train_qat(
+    model: nn.Module,
+    sampler: PatchSampler,
+    steps: int,
+    *,
+    lr: float = 2e-4,
+    batch_size: int = 16,
+    depth_weights: Mapping[int, float] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> list[StepReport]:
+    """Quantization-aware training of a quantized SR model, every depth variant jointly.
+
+    Each step runs every depth variant on the same batch and back-propagates the weighted
+    sum of their L1 losses (:func:`qsr_plugin.joint_variant_loss`; equal weights by
+    default, as in QuantSR). A model without depth variants trains on its plain L1 loss.
+    Quantizers should be initialised first (:func:`calibrate_from_sampler`); otherwise the
+    first batch initialises them.
+
+    Args:
+        model: a model rewritten by :func:`qsr_plugin.quantize`.
+        sampler: source of training patches.
+        steps: optimiser steps.
+        lr: initial Adam learning rate (weights, quantizer steps and shifts, shortcut
+            scales), decayed to 0 along a cosine.
+        batch_size: patches per step.
+        depth_weights: loss weight per depth; None for equal weights.
+        callbacks: called with a :class:`StepReport` after each step.
+
+    Returns:
+        The report of every step; ``losses`` holds one entry per depth (:func:`depth_key`).
+
+    Example:
+        >>> history = train_qat(model, sampler, steps=100)
+        >>> sorted(history[-1].losses)
+        ['d16', 'd4', 'd8']
+    """
+    if _has_depth_variants(model):
+
+        def loss_of_batch(lr_batch, hr_batch):
+            total, losses = joint_variant_loss(
+                model, lr_batch, hr_batch, F.l1_loss, weights=depth_weights
+            )
+            return total, {depth_key(d): loss for d, loss in losses.items()}
+
+    else:
+        if depth_weights is not None:
+            raise ValueError(
+                "depth_weights needs a model with depth variants; quantize it with "
+                "depth_variants=[...] or drop depth_weights"
+            )
+
+        def loss_of_batch(lr_batch, hr_batch):
+            loss = F.l1_loss(model(lr_batch), hr_batch)
+            return loss, {FLOAT_LOSS_KEY: loss}
+
+    return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks)
+
+
+def _has_depth_variants(model: nn.Module) -> bool:
+    try:
+        depth_variants(model)
+    except ValueError:
+        return False
+    return True
+
+
+def calibrate_from_sampler(
+    model: nn.Module, sampler: PatchSampler, batches: int = 4, batch_size: int = 16
+) -> nn.Module:
+    """Initialises every quantizer of ``model`` from ``batches`` training batches.
+
+    Runs :func:`qsr_plugin.calibrate` at the model's deepest variant (so that every block's
+    quantizers see data) on LR patches drawn from ``sampler``.
+    """
+    _check_positive(batches, "batches")
+    _check_positive(batch_size, "batch_size")
+    device = next(model.parameters()).device
+    inputs = [sampler.sample(batch_size)[0].to(device) for _ in range(batches)]
+    if not _has_depth_variants(model):
+        return calibrate(model, inputs)
+    with use_depth(model, depth_variants(model)[0]):
+        return calibrate(model, inputs)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callback]:
+    """A tqdm progress bar (steps, loss, ETA) usable as a training callback.
+
+    Example:
+        >>> with progress_bar(500, "float") as bar:
+        ...     train_float(model, sampler, 500, callbacks=[bar])
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="step", disable=not enabled, leave=True)
+
+    def update(report: StepReport) -> None:
+        parts = " ".join(f"{name}={value:.4f}" for name, value in report.losses.items())
+        bar.set_postfix_str(f"L1 {parts}", refresh=False)
+        bar.update(1)
+
+    try:
+        yield update
+    finally:
+        bar.close()

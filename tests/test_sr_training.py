@@ -1,0 +1,151 @@
+"""The float and QAT training loops on real photos with BasicSR's EDSR.
+
+EDSR (unlike MSRResNet, whose output starts as a bilinear upscale) starts far from a good
+output, so a few steps visibly lower its loss.
+"""
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qsr_plugin
+from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin.quantizers import quantizers_of
+from qsr_plugin.sr_data import PatchSampler, builtin_images
+from qsr_plugin.sr_training import (
+    calibrate_from_sampler,
+    depth_key,
+    progress_bar,
+    train_float,
+    train_qat,
+)
+
+SCALE = 2
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels():
+    qsr_plugin.use_compiled_kernels(False)
+    yield
+    qsr_plugin.use_compiled_kernels(True)
+
+
+@functools.lru_cache
+def training_photos():
+    return tuple(builtin_images()["train"].items())
+
+
+def sampler(seed=0):
+    return PatchSampler(training_photos(), SCALE, patch_size=12, seed=seed)
+
+
+def small_edsr(seed=0, num_block=3):
+    import_basicsr()
+    from basicsr.archs.edsr_arch import EDSR
+
+    torch.manual_seed(seed)
+    return EDSR(3, 3, num_feat=16, num_block=num_block, upscale=SCALE)
+
+
+@functools.lru_cache
+def check_batch():
+    """A fixed batch of real patches, not drawn by the training samplers (seed 123)."""
+    return PatchSampler(training_photos(), SCALE, patch_size=12, seed=123).sample(16)
+
+
+def check_loss(model, depth=None):
+    lr, hr = check_batch()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if depth is None:
+            loss = F.l1_loss(model(lr), hr).item()
+        else:
+            with qsr_plugin.use_depth(model, depth):
+                loss = F.l1_loss(model(lr), hr).item()
+    model.train(was_training)
+    return loss
+
+
+def test_float_training_lowers_the_l1_loss_on_real_photos():
+    model = small_edsr()
+    before = check_loss(model)
+    history = train_float(model, sampler(), steps=20, lr=2e-3, batch_size=4)
+    assert [r.step for r in history] == list(range(1, 21))
+    assert check_loss(model) < 0.6 * before
+    assert history[-1].loss < 0.6 * history[0].loss
+    assert history[0].lr == pytest.approx(2e-3) and history[-1].lr < 2e-5  # cosine decay
+
+
+def test_training_is_reproducible_for_a_seed_and_differs_for_another():
+    def trained(sampler_seed):
+        model = small_edsr()
+        train_float(model, sampler(sampler_seed), steps=4, batch_size=4)
+        qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
+        calibrate_from_sampler(model, sampler(sampler_seed), batches=1, batch_size=4)
+        train_qat(model, sampler(sampler_seed), steps=3, batch_size=4)
+        return model.state_dict()
+
+    first, second, other = trained(0), trained(0), trained(1)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_qat_trains_every_depth_jointly_and_lowers_each_loss():
+    model = small_edsr()
+    train_float(model, sampler(), steps=20, lr=2e-3, batch_size=4)
+    qsr_plugin.quantize(model, bits=2, depth_variants=[4, 3, 1])
+    calibrate_from_sampler(model, sampler(1), batches=2, batch_size=4)
+    assert all(bool(q.initialized) for _, q in quantizers_of(model))
+    before = {d: check_loss(model, d) for d in (4, 3, 1)}
+    gate_before = model.body.residual_gate.detach().clone()  # of the grown fourth block
+
+    history = train_qat(model, sampler(2), steps=12, lr=1e-3, batch_size=4)
+    assert set(history[0].losses) == {depth_key(d) for d in (4, 3, 1)}
+    assert history[0].loss == pytest.approx(sum(history[0].losses.values()), rel=1e-6)
+    after = {d: check_loss(model, d) for d in (4, 3, 1)}
+    assert all(after[d] < 0.95 * before[d] for d in before), (before, after)
+    assert not torch.equal(model.body.residual_gate.detach(), gate_before)
+
+
+def test_calibration_runs_at_the_deepest_variant_whatever_the_active_depth():
+    model = small_edsr()
+    qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
+    qsr_plugin.set_depth(model, 1)
+    calibrate_from_sampler(model, sampler(), batches=1, batch_size=2)
+    assert all(bool(q.initialized) for _, q in quantizers_of(model))
+    assert qsr_plugin.active_depth(model) == 1
+
+
+def test_callbacks_and_progress_bar_see_every_step(capsys):
+    seen = []
+    with progress_bar(3, "float") as bar:
+        train_float(small_edsr(), sampler(), 3, batch_size=2, callbacks=[bar, seen.append])
+    assert [r.step for r in seen] == [1, 2, 3] and all(r.total == 3 for r in seen)
+    err = capsys.readouterr().err
+    assert "float" in err and "3/3" in err and "L1 float=" in err
+
+
+def test_bad_training_arguments_are_refused():
+    model = small_edsr()
+    with pytest.raises(ValueError, match="steps must be a positive int, got 0"):
+        train_float(model, sampler(), steps=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        train_float(model, sampler(), steps=1, batch_size=-1)
+    with pytest.raises(ValueError, match="lr must be a positive learning rate"):
+        train_float(model, sampler(), steps=1, lr=0.0)
+    quantized = qsr_plugin.quantize(copy.deepcopy(model), bits=4)
+    with pytest.raises(ValueError, match="depth_weights needs a model with depth variants"):
+        train_qat(quantized, sampler(), steps=1, depth_weights={4: 1.0})
+
+
+def test_divergence_stops_training_with_a_clear_error():
+    model = small_edsr()
+    with torch.no_grad():
+        model.conv_after_body.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="training diverged at step 1.*lower lr"):
+        train_float(model, sampler(), steps=2, batch_size=2)
