@@ -187,6 +187,10 @@ class DepthSwitchableModuleList(_DepthSwitchable, nn.ModuleList):
     def __iter__(self) -> Iterator:
         return self._block_calls()
 
+    def __repr__(self) -> str:
+        # nn.ModuleList's repr iterates the container, which yields block calls here.
+        return nn.Module.__repr__(self)
+
 
 def build_depth_switchable(
     container: nn.Module, variants: Mapping[int, Sequence[int]]

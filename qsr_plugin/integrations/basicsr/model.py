@@ -1,0 +1,305 @@
+"""``QuantSRModel``: BasicSR's SRModel training and evaluating a QuantSR network.
+
+Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it with
+``model_type: QuantSRModel``. It differs from SRModel in these ways:
+
+- ``network_g`` (any registered arch) is quantized with the ``quantsr:`` section
+  (:func:`qsr_plugin.quantize`) before it is moved to the device or wrapped for DDP;
+- ``pretrain_network_g`` may be a float or a QuantSR checkpoint (:mod:`.checkpoint`);
+- at the first training iteration of a fresh run the quantizers are initialised from the
+  batch, running every depth variant (:func:`qsr_plugin.calibrate`); the EMA network then
+  receives the same quantizer state, and under DDP the ranks are checked to agree;
+- every iteration trains all depth variants jointly: the loss is the weighted sum of each
+  variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``;
+- validation evaluates every variant; metrics are named ``<metric>@<depth>`` (``psnr@16``),
+  each with its own best value, and saved images end in ``_depth<depth>``;
+- checkpoints and training states are written atomically, and DDP works on the CPU.
+
+Without ``depth_variants`` there is one variant and the names are BasicSR's (``l_pix``,
+``psnr``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from qsr_plugin import calibrate, quantize, summary, use_depth
+from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin.config import QuantizeConfig
+
+from .checkpoint import load_checkpoint, read_state_dict, save_atomically
+from .options import OptionError, check_network_type, quantize_config, variant_loss_weights
+from .quantizer_state import all_initialized, check_same_on_all_ranks, copy_quantizer_state
+
+import_basicsr()
+from basicsr.archs import build_network  # noqa: E402
+from basicsr.losses import build_loss  # noqa: E402
+from basicsr.metrics import calculate_metric  # noqa: E402
+from basicsr.models.sr_model import SRModel  # noqa: E402
+from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
+from basicsr.utils.dist_util import master_only  # noqa: E402
+from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
+
+Depth = int | None
+
+
+def tagged(name: str, depth: Depth) -> str:
+    """``name@depth`` (e.g. ``psnr@16``), or ``name`` for a model without depth variants."""
+    return name if depth is None else f"{name}@{depth}"
+
+
+def build_quantized_network(network_options: dict, config: QuantizeConfig) -> nn.Module:
+    """Build ``network_g`` with BasicSR and quantize it with ``config``.
+
+    Raises:
+        OptionError: unknown arch, or settings the arch cannot take (the message names
+            the ``quantsr`` setting).
+    """
+    arch = check_network_type(network_options)
+    net = build_network(network_options)
+    try:
+        return quantize(net, config=config)
+    except ValueError as err:
+        raise OptionError(f"quantsr: cannot quantize network_g ({arch}): {err}") from None
+
+
+def each_variant(net: nn.Module, depths: list[Depth]) -> Iterator[Depth]:
+    """Yield each depth with ``net`` set to run it (``None``: a net without variants)."""
+    for depth in depths:
+        if depth is None:
+            yield depth
+        else:
+            with use_depth(net, depth):
+                yield depth
+
+
+@MODEL_REGISTRY.register()
+class QuantSRModel(SRModel):
+    """SRModel for QuantSR networks: quantized ``network_g``, depth variants trained jointly.
+
+    Args:
+        opt: BasicSR options with ``model_type: QuantSRModel`` and a ``quantsr:`` section.
+
+    Raises:
+        OptionError: bad ``quantsr``/``network_g``/``train`` settings or checkpoint, or
+            testing without a QuantSR checkpoint.
+    """
+
+    def __init__(self, opt: dict) -> None:
+        super(SRModel, self).__init__(opt)
+        self.quantize_config = quantize_config(opt)
+        self.depths: list[Depth] = list(self.quantize_config.depth_variants or [None])
+        net = build_quantized_network(opt["network_g"], self.quantize_config)
+        self.net_g = self.model_to_device(net)
+        self.print_network(self.net_g)
+        self._log(summary(net))
+        paths = opt["path"]
+        load_path = paths.get("pretrain_network_g")
+        if load_path is not None:
+            strict = paths.get("strict_load_g", True)
+            self.load_network(self.net_g, load_path, strict, paths.get("param_key_g", "params"))
+        self.needs_quantizer_init = not all_initialized(net)
+        if self.is_train:
+            self.init_training_settings()
+        elif self.needs_quantizer_init:
+            raise OptionError(
+                f"path.pretrain_network_g: testing needs a QuantSR checkpoint (trained with "
+                f"model_type: {type(self).__name__}), got {load_path or 'none'}"
+            )
+
+    @master_only
+    def _log(self, message: str) -> None:
+        get_root_logger().info(message)
+
+    # -- building ------------------------------------------------------------------------
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """As BasicSR, plus DDP on the CPU (BasicSR passes a CUDA device id)."""
+        if self.opt["dist"] and self.device.type == "cpu":
+            find_unused = self.opt.get("find_unused_parameters", False)
+            return DistributedDataParallel(net.to(self.device), find_unused_parameters=find_unused)
+        return super().model_to_device(net)
+
+    def load_network(
+        self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = "params"
+    ) -> None:
+        """Load a float or QuantSR BasicSR checkpoint (``weights_only``) into ``net``."""
+        state, entry = read_state_dict(load_path, param_key)
+        report = load_checkpoint(self.get_bare_model(net), state, f"{load_path} [{entry}]", strict)
+        self._log(report.describe())
+
+    def init_training_settings(self) -> None:
+        train_opt = self.opt["train"]
+        if train_opt.get("perceptual_opt"):
+            raise OptionError(
+                f"train.perceptual_opt: {type(self).__name__} trains with a pixel loss "
+                "(train.pixel_opt) only; remove perceptual_opt"
+            )
+        if not train_opt.get("pixel_opt"):
+            raise OptionError("train.pixel_opt is required (e.g. type: L1Loss)")
+        self.variant_weights = variant_loss_weights(self.opt, self.depths)
+        self.net_g.train()
+        self.ema_decay = train_opt.get("ema_decay", 0)
+        if self.ema_decay > 0:
+            self._log(f"Use Exponential Moving Average with decay: {self.ema_decay}")
+            self.net_g_ema = copy.deepcopy(self.get_bare_model(self.net_g))
+            load_path = self.opt["path"].get("pretrain_network_g")
+            if load_path is not None:
+                strict = self.opt["path"].get("strict_load_g", True)
+                self.load_network(self.net_g_ema, load_path, strict, "params_ema")
+            self.net_g_ema.eval()
+        self.cri_pix = build_loss(train_opt["pixel_opt"]).to(self.device)
+        self.cri_perceptual = None
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    # -- training ------------------------------------------------------------------------
+    def initialize_quantizers(self) -> None:
+        """Initialise every quantizer from the current batch ``self.lq`` (all variants).
+
+        The EMA network receives the same quantizer state; under DDP the statistics are
+        reduced across ranks and the resulting state is checked to agree on every rank.
+        """
+        net = self.get_bare_model(self.net_g)
+
+        def run_every_variant(model: nn.Module, batch: torch.Tensor) -> None:
+            for _ in each_variant(model, self.depths):
+                model(batch)
+
+        calibrate(net, [self.lq], forward=run_every_variant)
+        if hasattr(self, "net_g_ema"):
+            copy_quantizer_state(net, self.net_g_ema)
+        tensors = check_same_on_all_ranks(net)
+        notes = [f"{tensors} quantizer tensors"]
+        if self.opt["dist"]:
+            notes.append(f"identical on all {self.opt['world_size']} ranks")
+        if hasattr(self, "net_g_ema"):
+            notes.append("copied to the EMA network")
+        self._log(
+            f"Quantizers initialised from the first training batch ({self.lq.shape[0]} "
+            f"patches, depth variants {self.depths}): {', '.join(notes)}"
+        )
+        self.needs_quantizer_init = False
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        if self.needs_quantizer_init:
+            self.initialize_quantizers()
+        self.optimizer_g.zero_grad()
+        losses = OrderedDict()
+        total = 0.0
+        for depth in each_variant(self.net_g, self.depths):
+            loss = self.cri_pix(self.net_g(self.lq), self.gt)
+            losses[tagged("l_pix", depth)] = loss
+            total = total + self.variant_weights[depth] * loss
+        total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(losses)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _inference_net(self) -> nn.Module:
+        if hasattr(self, "net_g_ema"):
+            return self.net_g_ema
+        return self.get_bare_model(self.net_g)
+
+    def test(self) -> None:
+        """Super-resolve ``self.lq`` into ``self.output`` at the active depth.
+
+        Uses the EMA network when there is one; pads the input to a multiple of
+        ``network_g.window_size`` when given (SwinIR) and crops the output back.
+        """
+        net = self._inference_net()
+        multiple = self.opt["network_g"].get("window_size", 1)
+        height, width = self.lq.shape[-2:]
+        pad_h, pad_w = -height % multiple, -width % multiple
+        lq = F.pad(self.lq, (0, pad_w, 0, pad_h), "reflect") if pad_h or pad_w else self.lq
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            output = net(lq)
+        net.train(was_training)
+        scale = output.shape[-1] // lq.shape[-1]
+        self.output = output[..., : height * scale, : width * scale]
+
+    def _initialize_variant_best(self, dataset_name: str, metrics: dict) -> None:
+        if not hasattr(self, "best_metric_results"):
+            self.best_metric_results = {}
+        if dataset_name in self.best_metric_results:
+            return
+        records = self.best_metric_results[dataset_name] = {}
+        for depth in self.depths:
+            for name, metric in metrics.items():
+                better = metric.get("better", "higher")
+                worst = -math.inf if better == "higher" else math.inf
+                records[tagged(name, depth)] = {"better": better, "val": worst, "iter": -1}
+
+    def _image_path(self, image: str, dataset: str, current_iter: int | str, depth: Depth) -> Path:
+        suffix = "" if depth is None else f"_depth{depth}"
+        folder = Path(self.opt["path"]["visualization"])
+        if self.opt["is_train"]:
+            return folder / image / f"{image}_{current_iter}{suffix}.png"
+        label = self.opt["val"].get("suffix") or self.opt["name"]
+        return folder / dataset / f"{image}_{label}{suffix}.png"
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
+        """Evaluate every depth variant on ``dataloader``; log ``<metric>@<depth>``."""
+        dataset_name = dataloader.dataset.opt["name"]
+        metrics = self.opt["val"].get("metrics") or {}
+        if metrics:
+            self._initialize_variant_best(dataset_name, metrics)
+        net = self._inference_net()
+        sums = {tagged(name, d): 0.0 for d in self.depths for name in metrics}
+        images = 0
+        for data in dataloader:
+            image = Path(data["lq_path"][0]).stem
+            self.lq = data["lq"].to(self.device)
+            gt = tensor2img([data["gt"]]) if "gt" in data else None
+            for depth in each_variant(net, self.depths):
+                self.test()
+                sr = tensor2img([self.output.detach().cpu()])
+                if save_img:
+                    imwrite(sr, str(self._image_path(image, dataset_name, current_iter, depth)))
+                for name, metric in metrics.items():
+                    sums[tagged(name, depth)] += calculate_metric({"img": sr, "img2": gt}, metric)
+            images += 1
+        del self.lq, self.output
+        if metrics:
+            self.metric_results = {key: total / images for key, total in sums.items()}
+            for key, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, key, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    # -- saving --------------------------------------------------------------------------
+    @master_only
+    def save_network(self, net, net_label: str, current_iter: int, param_key="params") -> None:
+        """BasicSR's checkpoint layout (``{param_key: state_dict}``), written atomically."""
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        checkpoint = {
+            key: {k: v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
+            for n, key in zip(nets, keys, strict=True)
+        }
+        name = "latest" if current_iter == -1 else current_iter
+        save_atomically(checkpoint, Path(self.opt["path"]["models"]) / f"{net_label}_{name}.pth")
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's training state (optimizers, schedulers), written atomically."""
+        if current_iter == -1:
+            return
+        state = {
+            "epoch": epoch,
+            "iter": current_iter,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+        save_atomically(state, Path(self.opt["path"]["training_states"]) / f"{current_iter}.state")
