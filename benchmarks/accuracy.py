@@ -81,8 +81,8 @@ QUICK = AccuracySettings(
     float_steps=600, float_lr=1e-3, qat_steps=80, qat_lr=2e-4,
 )  # fmt: skip
 FULL = AccuracySettings(
-    num_feat=64, num_block=8, scale=2, patch=32, batch=16,
-    float_steps=6000, float_lr=1e-3, qat_steps=1500, qat_lr=2e-4,
+    num_feat=32, num_block=8, scale=2, patch=32, batch=16,
+    float_steps=3000, float_lr=1e-3, qat_steps=400, qat_lr=2e-4,
 )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ from qsr_plugin.quantizers import learned_step
 
 from ._timing import interleaved_samples, ratio_summary
 from .models import SPEED_BACKBONES, training_step
-from .report import machine, markdown_table, save
+from .report import describe, machine, markdown_table, save
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 KERNEL_FILES = ("_rounding.py", "_kernels.py")
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     name = "kernels_vs_" + re.sub(r"\W", "_", args.baseline)
     intro = f"{result['what']}; kernels of {args.baseline!r} vs this tree; {result['clock']}"
-    save(name, result, f"{intro}, {result['machine']}\n\n{table}")
-    print(result["what"], "| baseline", args.baseline, "|", result["machine"])
+    save(name, result, f"{intro}; {describe(result['machine'])}\n\n{table}")
+    print(result["what"], "| baseline", args.baseline, "|", describe(result["machine"]))
     print(table)
     return result
 

@@ -26,6 +26,16 @@ def machine() -> dict:
     }
 
 
+def describe(header: dict) -> str:
+    """One line for a :func:`machine` header."""
+    load = header["load_average_1min_at_start"]
+    load_text = "" if load is None else f", load average {load:.1f} at start"
+    return (
+        f"{header['cpu']}, {header['cores']} cores, {header['torch_threads']} torch threads"
+        f"{load_text}, torch {header['torch']}"
+    )
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so no half-written file remains."""
     path.parent.mkdir(parents=True, exist_ok=True)

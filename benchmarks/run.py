@@ -16,7 +16,7 @@ import torch
 from . import accuracy, speed
 from .float_cache import DEFAULT_CACHE_DIR
 from .models import MSRRESNET, SWINIR_S
-from .report import RESULTS_DIR, machine, save
+from .report import RESULTS_DIR, describe, machine, save
 
 SPEED_MODES = {
     "quick": {"backbones": (MSRRESNET,), "rounds": 3, "warmup": 1},
@@ -48,10 +48,8 @@ def run_speed(mode: str, results_dir: Path, cpu_time: bool) -> Path:
     }
     intro = (
         f"Speed, {mode} mode: {settings['rounds']} interleaved rounds timed in {clock_name}, "
-        "medians of per-round ratios to float (quartiles in brackets). Machine: "
-        f"{header['cores']} cores, "
-        f"{header['torch_threads']} torch threads, load average "
-        f"{header['load_average_1min_at_start']:.1f} at start, torch {header['torch']}.\n\n"
+        f"medians of per-round ratios to float (quartiles in brackets). Machine: "
+        f"{describe(header)}.\n\n"
     )
     text = intro + "\n".join(speed.markdown(b) for b in backbones)
     return save(f"speed_{mode}", result, text, results_dir)
