@@ -38,7 +38,8 @@ def _basicsr(type_name: str, **kwargs) -> Callable[[], nn.Module]:
 def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     def build():
         torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, **kwargs)
+        # No stochastic depth: a dropped residual branch would get no gradient by chance.
+        return timm.create_model(name, pretrained=False, drop_path_rate=0.0, **kwargs)
 
     return build
 
