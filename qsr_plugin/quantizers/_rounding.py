@@ -71,15 +71,16 @@ def _plain_forward(x, step, q_min, q_max):
 
 
 def _plain_backward(grad_out, x, step, q_min, q_max, phi_k: float):
+    """On flat tensors: the gradient of x and the step gradient."""
     grad_x, step_terms = _backward_math(grad_out, x, None, step, q_min, q_max, phi_k)
     return grad_x, step_terms.sum()
 
 
-def _shifted_forward(x, shift, step, q_min, q_max):
+def _channel_forward(x, shift, step, q_min, q_max):
     return _forward_math(x, shift, step, q_min, q_max)
 
 
-def _shifted_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
+def _channel_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
     """On (outer, C, inner) tensors with a (C, 1) shift: the gradient of x, and (outer, C)
     partial sums of the shift and step gradients.
 
@@ -90,19 +91,29 @@ def _shifted_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
     return grad_x, grad_x.sum(dim=2), step_terms.sum(dim=2)
 
 
+def _token_forward(x, shift, step, q_min, q_max):
+    return _forward_math(x, shift, step, q_min, q_max)
+
+
+def _token_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
+    """On (tokens, C) tensors with a (C,) shift: the gradients of x, shift and step.
+
+    Channels last is its own layout: viewed as (outer, C, 1), the loops would run over a
+    last dimension of size 1, unvectorised.
+    """
+    grad_x, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k)
+    return grad_x, grad_x.sum(dim=0), step_terms.sum()
+
+
 # Separate functions, so that the compiled versions keep separate small graph caches.
 PLAIN_KERNELS = Kernels(_plain_forward, _plain_backward, compilable=True)
-SHIFTED_KERNELS = Kernels(_shifted_forward, _shifted_backward, compilable=True)
+CHANNEL_KERNELS = Kernels(_channel_forward, _channel_backward, compilable=True)
+TOKEN_KERNELS = Kernels(_token_forward, _token_backward, compilable=True)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a 1-D tensor that is not a view, so compiled graphs guard on one size only."""
     return x.reshape(-1).detach()
-
-
-def _channel_view(x: torch.Tensor, channels: int, channel_dims: int) -> torch.Tensor:
-    """``x`` as a detached (outer, C, inner) tensor, C its ``-channel_dims``-th dimension."""
-    return x.detach().reshape(-1, channels, math.prod(x.shape[x.dim() - channel_dims + 1 :]))
 
 
 def _is_channel_shift(shift: torch.Tensor, x: torch.Tensor) -> bool:
@@ -115,14 +126,31 @@ def _is_channel_shift(shift: torch.Tensor, x: torch.Tensor) -> bool:
     )
 
 
+def _kernel_layout(x: torch.Tensor, shift: torch.Tensor | None):
+    """The kernels for ``x`` and ``shift``, with a function reshaping a tensor of ``x``'s
+    shape for them, and the shift reshaped for them (None without a shift).
+
+    Without a shift, tensors are flattened; with a (C,) shift (channels last, e.g. tokens)
+    they become (tokens, C); with a (C, 1, ..., 1) shift, (outer, C, inner).
+    """
+    if shift is None:
+        return PLAIN_KERNELS, _flat, None
+    channels, dims = shift.shape[0], shift.dim()
+    if dims == 1:
+        return TOKEN_KERNELS, lambda t: t.detach().reshape(-1, channels), shift.detach()
+    inner = math.prod(x.shape[x.dim() - dims + 1 :])
+    return (
+        CHANNEL_KERNELS,
+        lambda t: t.detach().reshape(-1, channels, inner),
+        shift.detach().reshape(channels, 1),
+    )
+
+
 def _tensor_step_forward(x, shift, step, q_min, q_max):
     """The fake-quantized ``x`` for one step (detached) and an optional channel shift."""
-    if shift is None:
-        out = PLAIN_KERNELS.forward(_flat(x), step, q_min, q_max)
-    else:
-        view = _channel_view(x, shift.shape[0], shift.dim())
-        out = SHIFTED_KERNELS.forward(view, shift.detach().reshape(-1, 1), step, q_min, q_max)
-    return out.view(x.shape)
+    kernels, view, shift_view = _kernel_layout(x, shift)
+    shift_args = () if shift_view is None else (shift_view,)
+    return kernels.forward(view(x), *shift_args, step, q_min, q_max).view(x.shape)
 
 
 class _TensorStepFakeQuantize(torch.autograd.Function):
@@ -144,22 +172,18 @@ class _TensorStepFakeQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, shift, step, q_min, q_max = ctx.saved_tensors
-        if shift is None:
-            grad_x, grad_step = PLAIN_KERNELS.backward(
-                _flat(grad_out), _flat(x), step, q_min, q_max, ctx.phi_k
-            )
-            grad_shift = None
-        else:
-            channels, dims = shift.shape[0], shift.dim()
-            grad_x, shift_partials, step_partials = SHIFTED_KERNELS.backward(
-                _channel_view(grad_out, channels, dims),
-                _channel_view(x, channels, dims),
-                shift.detach().reshape(-1, 1),
-                step,
-                q_min,
-                q_max,
-                ctx.phi_k,
-            )
+        kernels, view, shift_view = _kernel_layout(x, shift)
+        shift_args = () if shift_view is None else (shift_view,)
+        grads = kernels.backward(
+            view(grad_out), view(x), *shift_args, step, q_min, q_max, ctx.phi_k
+        )
+        grad_shift = None
+        if kernels is PLAIN_KERNELS:
+            grad_x, grad_step = grads
+        elif kernels is TOKEN_KERNELS:
+            grad_x, grad_shift, grad_step = grads
+        else:  # (outer, C) partial sums
+            grad_x, shift_partials, step_partials = grads
             grad_shift = shift_partials.sum(dim=0).view(shift.shape)
             grad_step = step_partials.sum()
         return (
