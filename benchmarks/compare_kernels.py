@@ -4,7 +4,7 @@ Run: python -m benchmarks.compare_kernels --baseline <git ref> [--backbone msrre
 Loads ``qsr_plugin/quantizers/_rounding.py`` and ``_kernels.py`` as they are at the
 revision, then times, in interleaved rounds, one training step of the float model, of the
 QuantSR model with the revision's kernels and of the same model with this tree's kernels.
-Writes results/kernels_vs_<ref>.json and .md.
+Writes results/kernels_<backbone>_vs_<ref>.json and .md.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             for r in rows
         ],
     )
-    name = "kernels_vs_" + re.sub(r"\W", "_", args.baseline)
+    name = f"kernels_{args.backbone}_vs_" + re.sub(r"\W", "_", args.baseline)
     intro = f"{result['what']}; kernels of {args.baseline!r} vs this tree; {result['clock']}"
     save(name, result, f"{intro}; {describe(result['machine'])}\n\n{table}")
     print(result["what"], "| baseline", args.baseline, "|", describe(result["machine"]))

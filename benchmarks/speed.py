@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,7 +107,7 @@ def prepare_models(backbone: Backbone, bits: int, lr: torch.Tensor) -> PreparedM
             models.quantized[label], models.prepare_seconds[label] = _timed(prepare)
         except Exception as error:  # reported in the results, e.g. torch.fx's TraceError
             models.unavailable[label] = _failure(error)
-            traceback.print_exc()
+            print(f"{label} cannot prepare {backbone.name}: {models.unavailable[label]}")
     return models
 
 

@@ -208,6 +208,24 @@ def test_compare_kernels_loads_a_revisions_kernels_and_refuses_unknown_ones():
         compare_kernels.load_kernels_at("no-such-revision")
 
 
+def test_kernels_of_routes_the_quantizers_through_other_kernels_for_a_while():
+    calls = []
+
+    class Recorded:
+        @staticmethod
+        def learned_step_fake_quantize(x, *args, **kwargs):
+            calls.append(tuple(x.shape))
+            return learned_step_fake_quantize(x, *args, **kwargs)
+
+    layer = qsr_plugin.QuantConv2d.from_float(nn.Conv2d(3, 4, 3), qsr_plugin.QuantSpec())
+    x = torch.rand(1, 3, 8, 8)
+    with compare_kernels.kernels_of(Recorded):
+        layer.train()(x)
+    assert sorted(calls) == [(1, 3, 8, 8), (4, 3, 3, 3)]
+    layer(x)
+    assert len(calls) == 2
+
+
 # -- the benchmarks at toy sizes ----------------------------------------------------
 
 
