@@ -192,12 +192,17 @@ def run_method(
     settings: AccuracySettings,
     progress: bool = True,
 ) -> list[dict]:
-    """QAT of one method at one bit width from the float model; one row per scored depth."""
+    """QAT of one method at one bit width from the float model; one row per scored depth.
+
+    The sampler is reseeded after the preparation (which may draw calibration batches), so
+    every method trains on the same batches.
+    """
     backbone = settings.backbone()
     sampler.generator.manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
     model = prepare(method, float_model, bits, backbone, sampler, settings)
+    sampler.generator.manual_seed(settings.seed)
     with sr_training.progress_bar(settings.qat_steps, f"{bits}-bit", enabled=progress) as bar:
         sr_training.train_qat(
             model,

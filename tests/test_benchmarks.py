@@ -272,7 +272,15 @@ def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels, mon
     assert "TraceError" in speed.markdown(result)
 
 
-def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path):
+def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path, monkeypatch):
+    sampler_states = []
+    train_qat = accuracy.sr_training.train_qat
+
+    def recording_train_qat(model, sampler, *args, **kwargs):
+        sampler_states.append(sampler.generator.get_state())
+        return train_qat(model, sampler, *args, **kwargs)
+
+    monkeypatch.setattr(accuracy.sr_training, "train_qat", recording_train_qat)
     settings = accuracy.AccuracySettings(
         num_feat=8, num_block=2, scale=2, patch=12, batch=2, float_steps=4, float_lr=1e-3,
         qat_steps=2, qat_lr=1e-4, bits=(2,), calibration_batches=1,
@@ -290,8 +298,21 @@ def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path):
     ]
     for row in rows + result["references"]:
         assert 10 < row["Set5"]["psnr"] < 60 and 0 < row["Set5"]["ssim"] <= 1
+    assert len(sampler_states) == 3  # every method trains on the same batches
+    assert all(torch.equal(state, sampler_states[0]) for state in sampler_states)
     table = accuracy.markdown(result)
     assert "| Bicubic | - | - |" in table and "QuantSR ablations" in table
+
+
+def test_prepare_refuses_an_unknown_tool():
+    settings = accuracy.AccuracySettings(
+        num_feat=8, num_block=1, scale=2, patch=8, batch=1, float_steps=1, float_lr=1e-3,
+        qat_steps=1, qat_lr=1e-4,
+    )  # fmt: skip
+    backbone = settings.backbone()
+    method = accuracy.Method("mystery", tool="onnxruntime")
+    with pytest.raises(ValueError, match="unknown tool 'onnxruntime' of method 'mystery'"):
+        accuracy.prepare(method, backbone.build(), 4, backbone, None, settings)
 
 
 def test_float_model_is_trained_once_then_loaded(eager_kernels, tmp_path):
