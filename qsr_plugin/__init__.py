@@ -12,9 +12,11 @@ __version__ = "0.1.0"
 
 from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
+from .export import export_onnx, freeze, load, save
 from .layers import QuantConv2d, QuantLinear
 from .quantizers import Quantizer, list_methods, register_method
 from .quantizers._kernels import use_compiled_kernels
+from .report import report
 from .rewrite.quantize import quantization_record, quantize
 from .rewrite.summary import summary
 from .rewrite.variants import (
@@ -36,12 +38,17 @@ __all__ = [
     "active_depth",
     "calibrate",
     "depth_variants",
+    "export_onnx",
+    "freeze",
     "iter_depths",
     "joint_variant_loss",
     "list_methods",
+    "load",
     "quantization_record",
     "quantize",
     "register_method",
+    "report",
+    "save",
     "set_depth",
     "summary",
     "use_compiled_kernels",

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibration import calibrate
+from .rewrite.depth import depth_switchable_bodies
 from .rewrite.variants import depth_variants, joint_variant_loss, use_depth
 from .sr_data import PatchSampler
 
@@ -61,6 +62,11 @@ def _check_positive(value: object, argument: str) -> None:
         raise ValueError(f"{argument} must be a positive int, got {value!r}")
 
 
+def _check_lr(value: object, argument: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{argument} must be a positive learning rate, got {value!r}")
+
+
 def _run(
     model: nn.Module,
     sampler: PatchSampler,
@@ -69,17 +75,27 @@ def _run(
     lr: float,
     loss_of_batch: LossFunction,
     callbacks: Sequence[Callback],
+    special_lr: tuple[list[nn.Parameter], float] | None = None,
 ) -> list[StepReport]:
-    """The shared loop: Adam on every trainable parameter, cosine decay, callbacks."""
+    """The shared loop: Adam on every trainable parameter, cosine decay, callbacks.
+
+    ``special_lr``: some of the parameters and their own initial learning rate.
+    """
     _check_positive(steps, "steps")
     _check_positive(batch_size, "batch_size")
-    if not lr > 0:
-        raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
+    _check_lr(lr, "lr")
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     device = parameters[0].device
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+    groups = [{"params": parameters, "lr": lr}]
+    if special_lr is not None and special_lr[0]:
+        chosen = {id(p) for p in special_lr[0]}
+        groups = [
+            {"params": [p for p in parameters if id(p) not in chosen], "lr": lr},
+            {"params": [p for p in parameters if id(p) in chosen], "lr": special_lr[1]},
+        ]
+    optimizer = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / steps))
     )
@@ -162,6 +178,7 @@ def train_qat(
     lr: float = 2e-4,
     batch_size: int = 16,
     depth_weights: Mapping[int, float] | None = None,
+    shortcut_lr: float | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> list[StepReport]:
     """Quantization-aware training of a quantized SR model, every depth variant jointly.
@@ -180,6 +197,9 @@ def train_qat(
             scales), decayed to 0 along a cosine.
         batch_size: patches per step.
         depth_weights: loss weight per depth; None for equal weights.
+        shortcut_lr: initial learning rate of the depth-switchable bodies' shortcut scales
+            alpha and grown-block gates (None: ``lr``). The gates start at 0, so a short
+            run needs a larger rate here for the grown blocks to take part.
         callbacks: called with a :class:`StepReport` after each step.
 
     Returns:
@@ -209,7 +229,26 @@ def train_qat(
             loss = F.l1_loss(model(lr_batch), hr_batch)
             return loss, {FLOAT_LOSS_KEY: loss}
 
-    return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks)
+    special = None
+    if shortcut_lr is not None:
+        _check_lr(shortcut_lr, "shortcut_lr")
+        special = (shortcut_parameters(model), shortcut_lr)
+        if not special[0]:
+            raise ValueError(
+                "shortcut_lr needs a model with depth variants; quantize it with "
+                "depth_variants=[...] or drop shortcut_lr"
+            )
+    return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks, special)
+
+
+def shortcut_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The shortcut scales alpha and grown-block gates of every depth-switchable body."""
+    found = []
+    for _, body in depth_switchable_bodies(model):
+        found.append(body.shortcut_scale)
+        if body.residual_gate is not None:
+            found.append(body.residual_gate)
+    return found
 
 
 def _has_depth_variants(model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from qsr_plugin.sr_training import (
     calibrate_from_sampler,
     depth_key,
     progress_bar,
+    shortcut_parameters,
     train_float,
     train_qat,
 )
@@ -38,8 +39,16 @@ def training_photos():
     return tuple(builtin_images()["train"].items())
 
 
+@functools.lru_cache
+def shared_sampler():
+    # Building a sampler downscales every photo; reseeding one is much cheaper.
+    return PatchSampler(training_photos(), SCALE, patch_size=12)
+
+
 def sampler(seed=0):
-    return PatchSampler(training_photos(), SCALE, patch_size=12, seed=seed)
+    reseeded = shared_sampler()
+    reseeded.generator.manual_seed(seed)
+    return reseeded
 
 
 def small_edsr(seed=0, num_block=3):
@@ -52,8 +61,8 @@ def small_edsr(seed=0, num_block=3):
 
 @functools.lru_cache
 def check_batch():
-    """A fixed batch of real patches, not drawn by the training samplers (seed 123)."""
-    return PatchSampler(training_photos(), SCALE, patch_size=12, seed=123).sample(16)
+    """A fixed batch of real patches, not drawn by the training runs (seed 123)."""
+    return sampler(123).sample(16)
 
 
 def check_loss(model, depth=None):
@@ -112,6 +121,21 @@ def test_qat_trains_every_depth_jointly_and_lowers_each_loss():
     assert not torch.equal(model.body.residual_gate.detach(), gate_before)
 
 
+def test_shortcut_scales_and_gates_can_get_their_own_learning_rate():
+    model = small_edsr()
+    qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2])
+    calibrate_from_sampler(model, sampler(), batches=1, batch_size=2)
+    assert shortcut_parameters(model) == [model.body.shortcut_scale, model.body.residual_gate]
+    gate, alpha = model.body.residual_gate.detach().clone(), model.body.shortcut_scale.detach()
+    alpha, weight = alpha.clone(), model.body[0].conv1.weight.detach().clone()
+    train_qat(model, sampler(), steps=1, lr=1e-4, shortcut_lr=0.05, batch_size=2)
+    # Adam's first step moves every parameter with a gradient by its learning rate.
+    moved = (model.body.residual_gate.detach() - gate).abs()
+    assert moved.numpy() == pytest.approx([0.05], rel=1e-3)
+    assert (model.body.shortcut_scale.detach() - alpha).abs().max() == pytest.approx(0.05, rel=1e-3)
+    assert (model.body[0].conv1.weight.detach() - weight).abs().max() <= 1.001e-4
+
+
 def test_calibration_runs_at_the_deepest_variant_whatever_the_active_depth():
     model = small_edsr()
     qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
@@ -141,6 +165,10 @@ def test_bad_training_arguments_are_refused():
     quantized = qsr_plugin.quantize(copy.deepcopy(model), bits=4)
     with pytest.raises(ValueError, match="depth_weights needs a model with depth variants"):
         train_qat(quantized, sampler(), steps=1, depth_weights={4: 1.0})
+    with pytest.raises(ValueError, match="shortcut_lr needs a model with depth variants"):
+        train_qat(quantized, sampler(), steps=1, shortcut_lr=1e-2)
+    with pytest.raises(ValueError, match="shortcut_lr must be a positive learning rate"):
+        train_qat(quantized, sampler(), steps=1, shortcut_lr=-1.0)
 
 
 def test_divergence_stops_training_with_a_clear_error():

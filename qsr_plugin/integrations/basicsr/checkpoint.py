@@ -13,15 +13,15 @@ Files are read with ``torch.load(weights_only=True)``, which refuses pickled cod
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from qsr_plugin._files import write_atomically
 from qsr_plugin.rewrite.depth import depth_switchable_bodies
 
 from .options import OptionError
@@ -131,14 +131,9 @@ def save_atomically(obj: object, path: str | os.PathLike) -> None:
     A process killed while saving leaves the previous file (or none), never half of one,
     so ``--auto_resume`` always finds complete checkpoints.
     """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def quantsr_only_keys(net: nn.Module) -> set[str]:

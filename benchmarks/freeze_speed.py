@@ -1,0 +1,103 @@
+"""Inference time of frozen models against the quantized training models in eval mode.
+
+QuantSR-C (MSRResNet 64x16 grown to [32, 16, 8], 16-block variant) and QuantSR-T (SwinIR_S,
+4-layer variant), 4-bit, calibrated on two LR crops of Set14 images and timed on a third
+(--size x --size LR pixels).
+Quantized (eval mode, no grad) and frozen forwards alternate round by round; the table gives
+median times and the speed-up. Outputs are checked to be equal first.
+
+Run: python benchmarks/freeze_speed.py [--size 64] [--rounds 10] [--compile 0|1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+import qsr_plugin
+from qsr_plugin import sr_data
+from qsr_plugin._basicsr_compat import import_basicsr
+
+try:
+    from benchmarks._timing import interleaved_median_times
+except ImportError:  # run as a script from benchmarks/
+    from _timing import interleaved_median_times
+
+BACKBONES = {
+    "QuantSR-C (MSRResNet, depth 16)": (
+        "MSRResNet",
+        {"num_feat": 64, "num_block": 16, "upscale": 4},
+        [32, 16, 8],
+        16,
+    ),
+    "QuantSR-T (SwinIR_S, depth 4)": (
+        "SwinIR",
+        {
+            "upscale": 4,
+            "img_size": 64,
+            "window_size": 8,
+            "depths": [6, 6, 6, 6],
+            "embed_dim": 60,
+            "num_heads": [6, 6, 6, 6],
+            "mlp_ratio": 2,
+            "upsampler": "pixelshuffledirect",
+        },
+        [4, 2, 1],
+        4,
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="LR input side (multiple of 8)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--compile", type=int, choices=(0, 1), default=1)
+    args = parser.parse_args()
+    qsr_plugin.use_compiled_kernels(bool(args.compile))
+    import_basicsr()
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), 4)
+    crops = [
+        sr_data.to_tensor(lr[: args.size, : args.size])
+        for _, lr, _ in pairs
+        if min(lr.shape[:2]) >= args.size
+    ]
+    if len(crops) < 3:
+        raise SystemExit(f"--size {args.size}: fewer than 3 Set14 LR images are that large")
+    calibration, x = torch.stack(crops[:2]), crops[2].unsqueeze(0)
+    print(
+        f"input 1x3x{args.size}x{args.size}, {args.bits}-bit, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"compiled activation kernels: {bool(args.compile)}"
+    )
+    print("| model | quantized eval (ms) | frozen (ms) | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for label, (name, options, variants, depth) in BACKBONES.items():
+        torch.manual_seed(0)
+        model = ARCH_REGISTRY.get(name)(**options)
+        qsr_plugin.quantize(
+            model, bits=args.bits, depth_variants=variants, example_input=calibration[:1]
+        )
+        qsr_plugin.calibrate(model, calibration)
+        qsr_plugin.set_depth(model.eval(), depth)
+        frozen = qsr_plugin.freeze(model, depth=depth)
+        with torch.no_grad():
+            if not torch.equal(model(x), frozen(x)):
+                raise RuntimeError(f"{label}: frozen and quantized outputs differ")
+            times = interleaved_median_times(
+                {"quantized": lambda m=model: m(x), "frozen": lambda f=frozen: f(x)},
+                rounds=args.rounds,
+            )
+        print(
+            f"| {label} | {1000 * times['quantized']:.1f} | {1000 * times['frozen']:.1f} "
+            f"| {times['quantized'] / times['frozen']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

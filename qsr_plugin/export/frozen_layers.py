@@ -1,0 +1,190 @@
+"""Inference-only quantized layers: weights quantized once, activations quantized per call.
+
+A :class:`FrozenQuantConv2d` / :class:`FrozenQuantLinear` is a plain Conv2d / Linear whose
+``weight`` holds the dequantized weight ``codes * step`` (computed once, by
+:func:`qsr_plugin.freeze`), with the integer codes and the step kept beside it for export, and
+whose input passes through a :class:`FrozenActivationQuantizer`. Their outputs equal those of
+the quantized training layers in eval mode. They refuse to run in training mode.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..quantizers._kernels import compiled_kernels_enabled, use_compiled_kernels
+from .qdq import dequantize_weight, quantize_dequantize
+from .quantized_layers import ActivationGrid, WeightCodes
+
+
+def _quantize_in_place(x, shift, step, q_min, q_max):
+    """``round(clip((x + shift) / step))`` with the training quantizer's operations, in place
+    on a fresh tensor (eager: no intermediate tensors; compiled: one fused loop).
+
+    The result is contiguous, as the training quantizer's is: a layer after it would choose
+    another kernel (and sum in another order) for an input with other strides, such as the
+    transposed view SwinIR's ``patch_unembed`` hands to the RSTB convolutions.
+    """
+    x = x.contiguous()
+    out = x / step if shift is None else (x + shift).div_(step)
+    return out.clamp_(q_min, q_max).round_().mul_(step)
+
+
+_compiled: dict[str, object] = {}
+
+
+def _quantize(x, shift, step, q_min, q_max):
+    """:func:`_quantize_in_place`, through ``torch.compile`` when compiled kernels are on
+    (``QSR_COMPILE``, :func:`qsr_plugin.use_compiled_kernels`), else eagerly."""
+    if not compiled_kernels_enabled():
+        return _quantize_in_place(x, shift, step, q_min, q_max)
+    if "kernel" not in _compiled:
+        _compiled["kernel"] = torch.compile(_quantize_in_place, dynamic=True)
+    try:
+        return _compiled["kernel"](x, shift, step, q_min, q_max)
+    except Exception as error:  # compilation failed: fall back, say so once
+        use_compiled_kernels(False)
+        warnings.warn(
+            f"torch.compile of the frozen quantizer failed ({type(error).__name__}: {error}); "
+            "using eager kernels, which are slower",
+            stacklevel=3,
+        )
+        return _quantize_in_place(x, shift, step, q_min, q_max)
+
+
+def _refuse_training(module: nn.Module) -> None:
+    if module.training:
+        raise RuntimeError(
+            f"{type(module).__name__} is inference-only (made by qsr_plugin.freeze); call "
+            "model.eval(), or train the quantized model and freeze it again"
+        )
+
+
+class FrozenActivationQuantizer(nn.Module):
+    """``y = round(clip((x + shift) / step, Qn, Qp)) * step`` with fixed numbers.
+
+    Args:
+        grid: the shift, step, bit width and signedness of a learned-step quantizer.
+
+    Example:
+        >>> import torch
+        >>> from qsr_plugin.export.quantized_layers import ActivationGrid
+        >>> q = FrozenActivationQuantizer(ActivationGrid(None, torch.tensor(0.5), 2, True))
+        >>> q.eval()(torch.tensor([-3.0, 0.2, 0.3, 9.0]))
+        tensor([-1.0000,  0.0000,  0.5000,  0.5000])
+    """
+
+    def __init__(self, grid: ActivationGrid) -> None:
+        super().__init__()
+        self.bits = grid.bits
+        self.signed = grid.signed
+        q_min, q_max = grid.code_range
+        self.register_buffer("shift", grid.shift)
+        self.register_buffer("step", grid.step)
+        self.register_buffer("q_min", torch.tensor(float(q_min), dtype=grid.step.dtype))
+        self.register_buffer("q_max", torch.tensor(float(q_max), dtype=grid.step.dtype))
+        self.export_qdq = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _refuse_training(self)
+        if self.export_qdq:
+            if self.shift is not None:
+                x = x + self.shift
+            return quantize_dequantize(x, self.step, self.bits, self.signed, self.q_min, self.q_max)
+        return _quantize(x, self.shift, self.step, self.q_min, self.q_max)
+
+    def extra_repr(self) -> str:
+        kind = "signed" if self.signed else "unsigned"
+        return f"bits={self.bits}, {kind}, shift={self.shift is not None}"
+
+
+class _FrozenLayer:
+    """What the frozen Conv2d and Linear share: input quantizer, codes, export switch."""
+
+    input_quant: FrozenActivationQuantizer | None
+    weight_bits: int
+    act_bits: int
+
+    def _freeze_from(self, layer: nn.Module, codes: WeightCodes | None, grid) -> None:
+        self.weight_bits = layer.spec.weight_bits
+        self.act_bits = layer.spec.act_bits
+        weight = layer.weight.detach()
+        if codes is not None:
+            weight = codes.dequantized(weight.dtype)
+        self.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        bias = layer.bias
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
+        self.register_buffer("weight_codes", None if codes is None else codes.codes)
+        self.register_buffer("weight_step", None if codes is None else codes.step)
+        self.input_quant = None if grid is None else FrozenActivationQuantizer(grid)
+        self.export_qdq = False
+        self.eval()
+
+    def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _refuse_training(self)
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        weight = self.weight
+        if self.export_qdq and self.weight_codes is not None:
+            weight = dequantize_weight(self.weight_codes, self.weight_step, weight.dtype)
+        return x, weight
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, frozen w={self.weight_bits}, a={self.act_bits}"
+
+
+class FrozenQuantConv2d(_FrozenLayer, nn.Conv2d):
+    """An inference-only quantized Conv2d (see the module docstring)."""
+
+    @classmethod
+    def freeze(
+        cls, layer: nn.Conv2d, codes: WeightCodes | None, grid: ActivationGrid | None
+    ) -> FrozenQuantConv2d:
+        """The frozen form of a QuantConv2d, given its weight codes and input grid."""
+        frozen = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            device="meta",
+        )
+        frozen._freeze_from(layer, codes, grid)
+        return frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self._operands(x)
+        return self._conv_forward(x, weight, self.bias)
+
+
+class FrozenQuantLinear(_FrozenLayer, nn.Linear):
+    """An inference-only quantized Linear (see the module docstring)."""
+
+    @classmethod
+    def freeze(
+        cls, layer: nn.Linear, codes: WeightCodes | None, grid: ActivationGrid | None
+    ) -> FrozenQuantLinear:
+        """The frozen form of a QuantLinear, given its weight codes and input grid."""
+        frozen = cls(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta"
+        )
+        frozen._freeze_from(layer, codes, grid)
+        return frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self._operands(x)
+        return F.linear(x, weight, self.bias)
+
+
+def is_frozen_layer(module: nn.Module) -> bool:
+    """True for :class:`FrozenQuantConv2d` and :class:`FrozenQuantLinear`."""
+    return isinstance(module, _FrozenLayer)

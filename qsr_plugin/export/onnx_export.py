@@ -1,0 +1,176 @@
+"""``export_onnx()``: a frozen model as an ONNX graph with QuantizeLinear/DequantizeLinear pairs.
+
+In the graph, each quantized layer reads its input through ``Add(tau)`` (when the quantizer
+learns a shift), ``QuantizeLinear``/``DequantizeLinear`` with the learned step as scale and
+zero point 0, and its weight through ``DequantizeLinear`` from an integer initializer holding
+the codes (INT4 at 2-4 bits, INT8 at 5-8 bits; per-channel steps on axis 0). See
+:mod:`qsr_plugin.export.qdq` for the storage types and the Clip used below 4 and 8 bits.
+Everything else is the model's float graph as ``torch.onnx.export`` (dynamo) writes it, with
+identical constants stored once (SwinIR repeats its attention mask in every shifted block) and
+without the exporter's per-node debug notes (stack traces with local file paths, about half
+of a SwinIR_S file).
+
+onnxruntime computes LayerNorm, softmax and GELU with other kernels than PyTorch; where such a
+difference of about 1e-7 moves an activation across a rounding boundary, one code changes and
+the output moves by about that step's effect. Measured on SwinIR_S (4-bit, depth 4, a 64x64
+Set14 crop): 1.1% of output values differ by more than 1e-4, at most by 0.011 (73.7 dB PSNR
+between the two outputs); at 2 bits 1.2%, at most 0.025 (66.5 dB). MSRResNet (convolutions
+only) agrees to 2e-7. The tests' tolerance: at least 98% of the output values within 1e-4 of
+PyTorch's, all within 0.05 (images in [0, 1]).
+
+Requires the optional dependencies ``onnx`` and ``onnxscript`` (``pip install
+'qsr-plugin[onnx]'``, which also brings ``onnxruntime`` to run the result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..rewrite.quantize import quantization_record
+from .._files import write_atomically
+from .freeze import frozen_record
+from .frozen_layers import FrozenActivationQuantizer, is_frozen_layer
+from .qdq import QDQ_OPSET
+
+INT4_TYPES = {"INT4", "UINT4"}
+
+
+def _require_frozen(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_onnx() needs a torch.nn.Module, got {type(model).__name__}")
+    if frozen_record(model) is not None:
+        return
+    if quantization_record(model) is not None:
+        raise ValueError(
+            f"export_onnx(): {type(model).__name__} is a quantized training model; export "
+            "its inference form: qsr_plugin.export_onnx(qsr_plugin.freeze(model, depth=k), ...)"
+        )
+    raise ValueError(
+        f"export_onnx(): {type(model).__name__} was never quantized; call "
+        "qsr_plugin.quantize(model, ...), calibrate or train it, then qsr_plugin.freeze(model)"
+    )
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it)
+    except ImportError as error:
+        raise ImportError(
+            f"export_onnx() needs the optional dependencies onnx and onnxscript ({error}); "
+            "install them with: pip install 'qsr-plugin[onnx]'"
+        ) from error
+    return onnx
+
+
+@contextlib.contextmanager
+def _emitting_qdq(model: nn.Module) -> Iterator[None]:
+    switches = [
+        m for m in model.modules() if is_frozen_layer(m) or isinstance(m, FrozenActivationQuantizer)
+    ]
+    for module in switches:
+        module.export_qdq = True
+    try:
+        yield
+    finally:
+        for module in switches:
+            module.export_qdq = False
+
+
+def _narrow_weight_codes(onnx, graph, bits: dict[str, int]) -> None:
+    """Store the int8 weight codes of layers of at most 4 bits as INT4 initializers."""
+    import ml_dtypes  # an onnx dependency
+
+    by_name = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in by_name:
+            continue
+        initializer = by_name[node.input[0]]
+        layer = next((n for n in bits if initializer.name.startswith(n + ".weight_codes")), None)
+        if layer is None or bits[layer] > 4 or initializer.data_type != onnx.TensorProto.INT8:
+            continue
+        values = onnx.numpy_helper.to_array(initializer).astype(ml_dtypes.int4)
+        initializer.CopyFrom(onnx.numpy_helper.from_array(values, initializer.name))
+
+
+def _share_identical_initializers(onnx, graph) -> None:
+    """Keep one copy of initializers with identical contents (SwinIR's per-block attention
+    masks and position biases are the same constants in every block)."""
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # names may also be used inside subgraphs
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for initializer in graph.initializer:
+        array = onnx.numpy_helper.to_array(initializer)
+        key = (initializer.data_type, tuple(initializer.dims), array.tobytes())
+        if key in first:
+            renamed[initializer.name] = first[key]
+        else:
+            first[key] = initializer.name
+            kept.append(initializer)
+    if not renamed:
+        return
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_input: torch.Tensor,
+    *,
+    opset: int = QDQ_OPSET,
+) -> Path:
+    """Write a frozen model as an ONNX file with QuantizeLinear/DequantizeLinear pairs.
+
+    The graph is traced for ``example_input``'s shape (SwinIR bakes its attention masks for
+    that size). The file is written atomically.
+
+    Args:
+        model: a model made by :func:`qsr_plugin.freeze`.
+        path: the ``.onnx`` file to write; its directory must exist.
+        example_input: an input batch of the shape the graph will take.
+        opset: ONNX opset, 21 or above (INT4 QuantizeLinear needs 21).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: the model is not frozen (never quantized, or not frozen yet), or the
+            opset is below 21.
+        ImportError: onnx or onnxscript is not installed.
+
+    Example:
+        ``qsr_plugin.export_onnx(qsr_plugin.freeze(model, depth=4), "sr.onnx", lr)``
+    """
+    _require_frozen(model)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < QDQ_OPSET:
+        raise ValueError(
+            f"opset must be an int >= {QDQ_OPSET} (INT4 QuantizeLinear), got {opset!r}"
+        )
+    onnx = _import_onnx()
+    bits = {name: m.weight_bits for name, m in model.named_modules() if is_frozen_layer(m)}
+    log = io.StringIO()
+    with _emitting_qdq(model), torch.no_grad(), contextlib.redirect_stdout(log):
+        program = torch.onnx.export(
+            model, (example_input,), opset_version=opset, dynamo=True, external_data=False
+        )
+    proto = program.model_proto
+    _narrow_weight_codes(onnx, proto.graph, bits)
+    _share_identical_initializers(onnx, proto.graph)
+    for node in proto.graph.node:  # the exporter's debug notes: stack traces, local paths
+        del node.metadata_props[:]
+    onnx.checker.check_model(proto)
+    return write_atomically(path, proto.SerializeToString())

@@ -1,0 +1,173 @@
+"""freeze(): inference models of one depth, equal to the quantized model in eval mode."""
+
+import pytest
+import torch
+from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+    arch,
+    as_trained,
+    eager_kernels,
+    lr_crops,
+    lr_patches,
+    small_msrresnet,
+    small_swinir,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import qsr_plugin
+from qsr_plugin.export import frozen_record
+from qsr_plugin.export.frozen_body import GatedGrownBlock, ScaledResidualBlock, ScaledSkip
+from qsr_plugin.export.frozen_layers import FrozenActivationQuantizer
+from qsr_plugin.export.quantized_layers import activation_grid
+from qsr_plugin.quantizers import LearnedStepActivationQuantizer, quantizers_of
+
+BUILDS = {
+    "msrresnet-w4": lambda: small_msrresnet(4),
+    "msrresnet-w2-per-channel": lambda: small_msrresnet(2, per_channel=True),
+    "swinir-w4": lambda: small_swinir(4),
+    "swinir-w2": lambda: small_swinir(2),
+}
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_frozen_model_equals_the_quantized_model_at_every_depth(name):
+    model = as_trained(BUILDS[name]())
+    x = lr_patches("Set5", count=2, seed=3)
+    for depth in qsr_plugin.depth_variants(model):
+        frozen = qsr_plugin.freeze(model, depth=depth)
+        with torch.no_grad(), qsr_plugin.use_depth(model, depth):
+            expected = model(x)
+            assert torch.equal(frozen(x), expected), f"depth {depth} differs"
+
+
+def test_frozen_model_keeps_only_the_active_blocks_in_execution_order():
+    model = as_trained(small_msrresnet(4))  # 4 blocks grown to 8; variants 8, 4, 2
+    container = model.body
+    frozen = qsr_plugin.freeze(model, depth=4)
+    steps = list(frozen.body.named_children())
+    assert [int(name) for name, _ in steps] == list(container.execution_order)
+    kinds = {int(name): type(step) for name, step in steps}
+    members = set(container.variants[4])
+    assert {i for i, kind in kinds.items() if kind is not ScaledSkip} == members
+    assert all(kinds[i] is ScaledResidualBlock for i in members if i < 4)
+    assert all(kinds[i] is GatedGrownBlock for i in members if i >= 4)
+    for name, step in steps:  # the learned scales travel with the steps
+        assert torch.equal(step.alpha, container.shortcut_scale[int(name)].detach())
+    block_params = 2 * (16 * 16 * 9 + 16)
+    removed = (8 - 4) * block_params
+    quantizer_params = sum(p.numel() for _, q in quantizers_of(model) for p in q.parameters())
+    dqa_params = container.shortcut_scale.numel() + container.residual_gate.numel()
+    expected = sum(p.numel() for p in model.parameters()) - removed - quantizer_params - dqa_params
+    assert sum(p.numel() for p in frozen.parameters()) == expected
+    assert quantizers_of(frozen) == []
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+class _CountRounding(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.round.default, torch.ops.aten.round_.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_frozen_model_quantizes_weights_once_not_on_every_call():
+    model = as_trained(small_swinir(4))
+    frozen = qsr_plugin.freeze(model, depth=2)
+    layers = sum(1 for m in frozen.modules() if hasattr(m, "weight_codes"))
+    x = lr_patches(count=1)
+    with torch.no_grad(), qsr_plugin.use_depth(model, 2):
+        with _CountRounding() as training_model:
+            model(x)
+        with _CountRounding() as inference_model:
+            frozen(x)
+    assert training_model.count == 2 * layers  # input and weight of every quantized layer
+    assert inference_model.count == layers  # inputs only
+
+
+def test_freeze_leaves_the_quantized_model_unchanged():
+    model = as_trained(small_msrresnet(2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    qsr_plugin.set_depth(model, 4)
+    qsr_plugin.freeze(model, depth=2)
+    assert qsr_plugin.active_depth(model) == 4
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert frozen_record(qsr_plugin.freeze(model)).depth == 4  # default: the active depth
+
+
+def test_freezing_at_a_depth_that_is_not_a_variant_names_the_variants():
+    model = as_trained(small_swinir(4))
+    with pytest.raises(ValueError, match=r"depth=3 is not a depth variant of SwinIR; choose one o"):
+        qsr_plugin.freeze(model, depth=3)
+
+
+def test_a_depth_for_a_model_without_variants_is_refused():
+    model = qsr_plugin.quantize(arch("MSRResNet", num_feat=16, num_block=4), bits=4)
+    as_trained(model)
+    with pytest.raises(ValueError, match=r"depth=4 was given but MSRResNet has no depth variants"):
+        qsr_plugin.freeze(model, depth=4)
+    x = lr_patches(count=1)
+    with torch.no_grad():
+        assert torch.equal(qsr_plugin.freeze(model)(x), model(x))
+
+
+def test_freezing_a_float_or_uncalibrated_model_is_refused():
+    with pytest.raises(ValueError, match=r"freeze\(\): MSRResNet was never quantized"):
+        qsr_plugin.freeze(arch("MSRResNet", num_feat=16, num_block=4))
+    with pytest.raises(RuntimeError, match=r"body\.0\.conv1\.act_quant was never initialised"):
+        qsr_plugin.freeze(small_msrresnet(4))
+
+
+def test_frozen_model_refuses_training_mode():
+    frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=2)
+    with pytest.raises(RuntimeError, match="is inference-only .* call model.eval()"):
+        frozen.train()(lr_patches(count=1))
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_frozen_quantizer_hands_on_the_layout_of_the_training_quantizer(compiled):
+    qsr_plugin.use_compiled_kernels(compiled)
+    quantizer = LearnedStepActivationQuantizer(4, num_channels=12, channel_dim=-3)
+    tokens = lr_patches(count=1, size=16).flatten(2).repeat(1, 4, 1).transpose(1, 2).contiguous()
+    x = tokens.transpose(1, 2).view(1, 12, 16, 16)  # SwinIR's patch_unembed: a transposed view
+    qsr_plugin.calibrate(quantizer, x)
+    frozen = FrozenActivationQuantizer(activation_grid(quantizer)).eval()
+    expected = quantizer.eval()(x)
+    got = frozen(x)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True])
+def test_full_size_swinir_s_frozen_equals_quantized(compiled):
+    qsr_plugin.use_compiled_kernels(compiled)
+    model = arch(
+        "SwinIR",
+        upscale=4,
+        img_size=64,
+        window_size=8,
+        depths=[6, 6, 6, 6],
+        embed_dim=60,
+        num_heads=[6, 6, 6, 6],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+    )
+    crops = lr_crops("Set14", size=64, count=3)  # 64 = img_size: the stored attention masks
+    x = crops[2:]
+    qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2, 1], example_input=x)
+    qsr_plugin.calibrate(model, crops[:2])
+    frozen = qsr_plugin.freeze(model.eval(), depth=4)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model(x))
+
+
+@pytest.mark.slow
+def test_frozen_model_equals_the_quantized_model_with_compiled_kernels():
+    qsr_plugin.use_compiled_kernels(True)
+    model = as_trained(small_swinir(2))
+    x = lr_patches("Set5", count=2, seed=3)
+    frozen = qsr_plugin.freeze(model, depth=2)
+    with torch.no_grad(), qsr_plugin.use_depth(model, 2):
+        assert torch.equal(frozen(x), model(x))

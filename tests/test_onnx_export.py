@@ -1,0 +1,144 @@
+"""export_onnx(): QuantizeLinear/DequantizeLinear graphs that onnxruntime runs like PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+    arch,
+    as_trained,
+    eager_kernels,
+    lr_patches,
+    small_msrresnet,
+    small_swinir,
+)
+
+import qsr_plugin
+from qsr_plugin.export import onnx_export
+from qsr_plugin.export.frozen_layers import is_frozen_layer
+
+onnx = pytest.importorskip("onnx", reason="the [onnx] extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+
+# The stated tolerance (see qsr_plugin/export/onnx_export.py): onnxruntime's LayerNorm,
+# softmax and GELU differ from PyTorch's by about 1e-7, which now and then moves an
+# activation across a rounding boundary and changes one code. So: at least 98% of the output
+# values within 1e-4, none beyond 0.05 (measured on full-size SwinIR_S: 1.1% beyond 1e-4,
+# at most 0.011 at 4 bits; on these small models every value is within 1e-6).
+CLOSE, WITHIN_CLOSE, FAR = 1e-4, 0.98, 0.05
+T = onnx.TensorProto
+
+
+def run_onnx(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def check_export(model, depth, tmp_path):
+    frozen = qsr_plugin.freeze(model, depth=depth)
+    x = lr_patches("Set5", count=2, seed=3)
+    path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x)
+    with torch.no_grad():
+        expected = frozen(x).numpy()
+    got = run_onnx(path, x)
+    assert got.shape == expected.shape
+    difference = np.abs(got - expected)
+    assert np.mean(difference <= CLOSE) >= WITHIN_CLOSE and difference.max() <= FAR
+    return frozen, onnx.load(path)
+
+
+def quantize_nodes(graph):
+    return [n for n in graph.node if n.op_type == "QuantizeLinear"]
+
+
+def output_types(nodes):
+    return {next(a.i for a in n.attribute if a.name == "output_dtype") for n in nodes}
+
+
+def code_initializers(graph):
+    return {i.name: i for i in graph.initializer if i.name.endswith("weight_codes")}
+
+
+def test_four_bit_msrresnet_exports_int4_qdq_pairs(tmp_path):
+    frozen, model = check_export(as_trained(small_msrresnet(4)), 4, tmp_path)
+    layers = [n for n, m in frozen.named_modules() if is_frozen_layer(m)]
+    assert len(layers) == 8  # 4 active blocks x 2 convolutions
+    assert len(quantize_nodes(model.graph)) == len(layers)
+    assert output_types(quantize_nodes(model.graph)) <= {T.INT4, T.UINT4}
+    codes = code_initializers(model.graph)
+    assert sorted(codes) == sorted(f"{name}.weight_codes" for name in layers)
+    assert {i.data_type for i in codes.values()} == {T.INT4}
+    float_weights = {i.name for i in model.graph.initializer if i.data_type == T.FLOAT}
+    assert not any(f"{name}.weight" in float_weights for name in layers)
+
+
+def test_two_bit_swinir_clips_to_the_two_bit_range_in_int4(tmp_path):
+    frozen, model = check_export(as_trained(small_swinir(2)), 2, tmp_path)
+    quantizers = quantize_nodes(model.graph)
+    assert len(quantizers) == sum(1 for m in frozen.modules() if is_frozen_layer(m))
+    assert output_types(quantizers) <= {T.INT4, T.UINT4}
+    clipped = {n.output[0] for n in model.graph.node if n.op_type == "Clip"}
+    assert all(n.input[0] in clipped for n in quantizers)
+    for initializer in code_initializers(model.graph).values():
+        values = onnx.numpy_helper.to_array(initializer)
+        assert initializer.data_type == T.INT4 and values.min() >= -2 and values.max() <= 1
+    contents = [
+        (i.data_type, tuple(i.dims), onnx.numpy_helper.to_array(i).tobytes())
+        for i in model.graph.initializer
+    ]
+    assert len(set(contents)) == len(contents)  # identical constants are stored once
+    assert not any(node.metadata_props for node in model.graph.node)
+
+
+def test_identical_initializers_are_stored_once_and_the_graph_computes_the_same():
+    from onnx import helper
+
+    twice = [helper.make_tensor(name, T.FLOAT, [2], [0.5, -1.0]) for name in ("a", "b")]
+    nodes = [helper.make_node("Add", ["x", "a"], ["y"]), helper.make_node("Mul", ["y", "b"], ["z"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", T.FLOAT, [2])],
+        twice,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.array([1.0, 2.0], np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    onnx_export._share_identical_initializers(onnx, model.graph)
+    assert [i.name for i in model.graph.initializer] == ["a"]
+    assert [list(n.input) for n in model.graph.node] == [["x", "a"], ["y", "a"]]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"x": x})[0], expected)
+
+
+@pytest.mark.slow
+def test_wider_codes_travel_as_int8_and_per_channel_steps_on_axis_0(tmp_path):
+    _, model = check_export(
+        as_trained(small_swinir(method="lsq", weight_bits=5, act_bits=6)), 1, tmp_path
+    )
+    assert output_types(quantize_nodes(model.graph)) <= {T.INT8, T.UINT8}
+    assert {i.data_type for i in code_initializers(model.graph).values()} == {T.INT8}
+    _, model = check_export(as_trained(small_msrresnet(3, per_channel=True)), 8, tmp_path)
+    weight_dq = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_codes")
+    ]
+    assert weight_dq and all(
+        any(a.name == "axis" and a.i == 0 for a in n.attribute) for n in weight_dq
+    )
+
+
+def test_exporting_a_model_that_is_not_frozen_says_what_to_do(tmp_path):
+    x = lr_patches(count=1)
+    quantized = as_trained(small_msrresnet(4))
+    with pytest.raises(ValueError, match=r"quantized training model; export its inference form: q"):
+        qsr_plugin.export_onnx(quantized, tmp_path / "m.onnx", x)
+    with pytest.raises(ValueError, match=r"export_onnx\(\): MSRResNet was never quantized"):
+        qsr_plugin.export_onnx(arch("MSRResNet", num_feat=16, num_block=4), tmp_path / "m.onnx", x)
+    with pytest.raises(
+        ValueError, match=r"opset must be an int >= 21 \(INT4 QuantizeLinear\), got"
+    ):
+        qsr_plugin.export_onnx(qsr_plugin.freeze(quantized), tmp_path / "m.onnx", x, opset=20)
+    assert list(tmp_path.iterdir()) == []
