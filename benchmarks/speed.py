@@ -6,7 +6,7 @@ For each backbone, in one process and in interleaved rounds (see ``_timing``):
   model at one depth, of the DQA model at the float model's depth and with all its depth
   variants jointly, of torch.ao's ``prepare_qat_fx`` model and of the brevitas model;
 - eval-mode inference (``torch.no_grad``) of the float, QuantSR, torch.ao and brevitas
-  models, and of the frozen QuantSR model once ``qsr_plugin.freeze`` exists;
+  models, and of the frozen QuantSR model (``qsr_plugin.freeze``);
 - the wall time of ``quantize()``, ``prepare_qat_fx`` and the brevitas rewrite;
 - the peak memory of a training step (see ``memory``), relative to float.
 
@@ -38,7 +38,6 @@ QUANTSR = "QuantSR, one depth"
 TORCH_AO = "torch.ao prepare_qat_fx"
 BREVITAS = "brevitas"
 FROZEN = "QuantSR frozen (qsr_plugin.freeze)"
-FROZEN_PENDING = "pending: qsr_plugin.freeze is not on this branch yet"
 
 
 @dataclass
@@ -176,9 +175,7 @@ def benchmark_backbone(
         for label, model in models.quantized.items()
         if label in (QUANTSR, TORCH_AO, BREVITAS)
     )
-    freeze = getattr(qsr_plugin, "freeze", None)  # being written on another branch
-    if freeze is not None:
-        inference_models[FROZEN] = freeze(models.quantized[QUANTSR])
+    inference_models[FROZEN] = qsr_plugin.freeze(models.quantized[QUANTSR])
     runs = {label: _inference(model, lr) for label, model in inference_models.items()}
     inference = _summaries(interleaved_samples(runs, rounds, warmup, clock))
     return {
@@ -187,7 +184,6 @@ def benchmark_backbone(
         "lr_batch": list(lr_shape),
         "training_step": training,
         "inference": inference,
-        "frozen_inference": None if freeze is not None else FROZEN_PENDING,
         "prepare_seconds": models.prepare_seconds,
         "unavailable": models.unavailable,
         "compiled_graphs": compiled_graph_count(),
@@ -214,8 +210,6 @@ def markdown(result: dict) -> str:
     inference_rows = [
         [label, f"{row['median_s']:.3f}", _ratio(row)] for label, row in result["inference"].items()
     ]
-    if result["frozen_inference"] is not None:
-        inference_rows.append([FROZEN, result["frozen_inference"], "-"])
     prepare_rows = [[label, f"{s:.2f}"] for label, s in result["prepare_seconds"].items()]
     batch = "x".join(map(str, result["lr_batch"]))
     return (

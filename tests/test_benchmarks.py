@@ -231,12 +231,13 @@ def test_kernels_of_routes_the_quantizers_through_other_kernels_for_a_while():
 
 def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     frozen_from = []
+    freeze = qsr_plugin.freeze
 
-    def stand_in_freeze(model):  # qsr_plugin.freeze is written on another branch
+    def recording_freeze(model):
         frozen_from.append(model)
-        return copy.deepcopy(model).eval()
+        return freeze(model)
 
-    monkeypatch.setattr(qsr_plugin, "freeze", stand_in_freeze, raising=False)
+    monkeypatch.setattr(qsr_plugin, "freeze", recording_freeze)
     backbone = small_msrresnet(num_feat=8, num_block=2, scale=2, patch=8, batch=2)
     result = speed.benchmark_backbone(backbone, bits=4, rounds=1, warmup=0)
     training = result["training_step"]
@@ -259,14 +260,12 @@ def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     ]
     (frozen,) = frozen_from  # the one-depth QuantSR model
     assert qsr_plugin.quantization_record(frozen).config.depth_variants is None
-    assert result["unavailable"] == {} and result["frozen_inference"] is None
+    assert result["unavailable"] == {}
     assert "### MSRResNet 8x2 x2" in speed.markdown(result)
 
 
-def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels, monkeypatch):
-    monkeypatch.delattr(qsr_plugin, "freeze", raising=False)
+def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels):
     result = speed.benchmark_backbone(TINY_SWINIR, bits=2, rounds=1, warmup=0, memory=False)
-    assert result["frozen_inference"] == speed.FROZEN_PENDING
     assert result["unavailable"][speed.TORCH_AO].startswith("TraceError")
     assert speed.TORCH_AO not in result["training_step"]
     assert "TraceError" in speed.markdown(result)
