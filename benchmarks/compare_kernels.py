@@ -34,10 +34,12 @@ KERNEL_FILES = ("_rounding.py", "_kernels.py")
 
 
 def load_kernels_at(revision: str):
-    """The ``_rounding`` module of ``revision``, imported under a private package name."""
+    """The ``_rounding`` module of ``revision``, imported under a private package name.
+
+    The files are written to a temporary folder, imported, and the folder removed.
+    """
     package = "qsr_kernels_" + re.sub(r"\W", "_", revision)
-    folder = Path(tempfile.mkdtemp(prefix="qsr-kernels-")) / package
-    folder.mkdir()
+    sources = {}
     for name in KERNEL_FILES:
         path = f"qsr_plugin/quantizers/{name}"
         shown = subprocess.run(
@@ -50,15 +52,19 @@ def load_kernels_at(revision: str):
                 f"cannot read {path} at revision {revision!r}: {shown.stderr.strip()}; "
                 "pass a commit, branch or tag of this repository"
             )
-        (folder / name).write_text(shown.stdout)
-    (folder / "__init__.py").write_text("")
-    spec = importlib.util.spec_from_file_location(
-        package, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package] = module
-    spec.loader.exec_module(module)
-    return importlib.import_module(f"{package}._rounding")
+        sources[name] = shown.stdout
+    with tempfile.TemporaryDirectory(prefix="qsr-kernels-") as temporary:
+        folder = Path(temporary) / package
+        folder.mkdir()
+        for name, text in {**sources, "__init__.py": ""}.items():
+            (folder / name).write_text(text)
+        spec = importlib.util.spec_from_file_location(
+            package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+        return importlib.import_module(f"{package}._rounding")
 
 
 @contextlib.contextmanager

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from torch import nn
 
 from qsr_plugin import sr_data, sr_training
+from qsr_plugin._files import atomic_output
 
 from .models import Backbone
 
@@ -41,18 +40,6 @@ def cache_key(backbone: Backbone, settings, data_folder: Path) -> str:
     }
     encoded = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
-
-
-def _save_atomically(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def cached_float_model(
@@ -98,5 +85,7 @@ def cached_float_model(
         "final_loss": history[-1].loss,
         "train_seconds": time.perf_counter() - start,
     }
-    _save_atomically({"state_dict": model.state_dict(), "info": info}, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as temporary:
+        torch.save({"state_dict": model.state_dict(), "info": info}, temporary)
     return model, {**info, "cache": str(path), "from_cache": False}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from qsr_plugin._files import write_atomically
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -36,17 +37,10 @@ def describe(header: dict) -> str:
     )
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half-written file remains."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all, creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(path, text.encode())
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
@@ -58,7 +52,7 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
 
 def save(name: str, result: dict, markdown: str, directory: Path = RESULTS_DIR) -> Path:
     """Write ``<directory>/<name>.json`` and ``<name>.md``; returns the Markdown path."""
-    write_atomically(directory / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_text(directory / f"{name}.json", json.dumps(result, indent=2) + "\n")
     markdown_path = directory / f"{name}.md"
-    write_atomically(markdown_path, markdown)
+    write_text(markdown_path, markdown)
     return markdown_path
