@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint benchmarks clean
+.PHONY: setup test test-fast demo lint benchmarks benchmarks-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,6 +23,13 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qsr demo $(ARGS)
+
+# Accuracy and speed against other quantizers and QAT libraries; see benchmarks/README.md.
+benchmarks: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+benchmarks-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

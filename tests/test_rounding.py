@@ -121,3 +121,48 @@ def test_per_channel_step_gets_a_per_channel_gradient():
     slope = phi_derivative(v - v.floor(), 1.0) * ((v >= -8) & (v <= 7))
     expected = (q - v * slope).sum(dim=(1, 2, 3)).view(4, 1, 1, 1)
     assert torch.allclose(step.grad, expected)
+
+
+@pytest.mark.parametrize("layout", ["tokens", "broadcast shift"])
+def test_other_shift_layouts_equal_the_closed_form(layout):
+    """A per-channel shift on (B, T, C) tokens, and a shift of any other broadcast shape."""
+    gen = torch.Generator().manual_seed(2)
+    if layout == "tokens":
+        x = torch.randn(2, 7, 5, generator=gen, dtype=torch.float64) * 2
+        tau = torch.randn(5, generator=gen, dtype=torch.float64) * 0.1
+        reduced = (0, 1)
+    else:
+        x = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) * 2
+        tau = torch.randn(1, 3, 1, 4, generator=gen, dtype=torch.float64) * 0.1
+        reduced = (0, 2)
+    s, q_min, q_max, k, g = torch.tensor(0.4, dtype=torch.float64), -4.0, 3.0, 1.0, 0.05
+    grad_out = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    v = (x + tau) / s
+    q = v.clamp(q_min, q_max).round()
+    slope = phi_derivative(v - v.floor(), k) * ((v >= q_min) & (v <= q_max)).double()
+    expected_tau = (grad_out * slope).sum(dim=reduced, keepdim=layout != "tokens")
+
+    leaves = [t.clone().requires_grad_() for t in (x, tau, s)]
+    codes = torch.tensor(q_min, dtype=torch.float64), torch.tensor(q_max, dtype=torch.float64)
+    y = learned_step_fake_quantize(leaves[0], leaves[2], *codes, g, k, shift=leaves[1])
+    y.backward(grad_out)
+    assert torch.equal(y.detach(), q * s)
+    assert torch.allclose(leaves[0].grad, grad_out * slope, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(leaves[1].grad, expected_tau, rtol=1e-10, atol=1e-12)
+    expected_s = g * (grad_out * (q - v * slope)).sum()
+    assert torch.allclose(leaves[2].grad, expected_s, rtol=1e-10, atol=1e-12)
+
+
+def test_inference_without_gradients_gives_the_training_output():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 6, 6, generator=gen)
+    tau = torch.randn(4, 1, 1, generator=gen) * 0.1
+    step = torch.tensor(0.3, requires_grad=True)
+    codes = torch.tensor(-8.0), torch.tensor(7.0)
+    with torch.no_grad():
+        inferred = learned_step_fake_quantize(x, step, *codes, 1.0, 1.0, shift=tau)
+    trained = learned_step_fake_quantize(x, step, *codes, 1.0, 1.0, shift=tau)
+    assert not inferred.requires_grad and trained.requires_grad
+    assert torch.equal(inferred, trained.detach())
+    s = step.detach()
+    assert torch.equal(inferred, ((x + tau) / s).clamp(-8, 7).round() * s)

@@ -6,10 +6,10 @@ one loop forward and one backward (C++ on CPU, Triton on GPU), at the price of c
 on first use (about 20 s on a laptop-class CPU; cached on disk afterwards). Both paths
 compute the same values up to floating-point summation order.
 
-Activation quantizers use compiled kernels by default; ``QSR_COMPILE=0`` in the
-environment or ``use_compiled_kernels(False)`` selects eager ones. Weight tensors are small,
-so weights always use the eager kernels. If compilation fails (no C++ compiler, an
-unsupported platform), the eager kernels take over with one warning.
+Quantizers with one step per tensor (activations, per-tensor weights) use compiled kernels
+by default; ``QSR_COMPILE=0`` in the environment or ``use_compiled_kernels(False)`` selects
+eager ones. A step per channel always uses the eager kernels. If compilation fails (no C++
+compiler, an unsupported platform), the eager kernels take over with one warning.
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ where phi is the redistribution function of QuantSR,
     phi'(r) = k sech^2(k (r - 1/2)) / (2 tanh(k/2)).
 
 k = 0 is the limit k -> 0, phi(r) = r: the straight-through estimator of LSQ.
-One saved tensor (v) serves the whole backward pass. For activations (large tensors, one
-step per tensor) the element-wise arithmetic runs on flattened tensors through
-``torch.compile`` when enabled (see ``_kernels``); weights (small, maybe one step per
-channel) use the eager broadcast version.
+Both passes read the input x: the backward pass recomputes v from x (a layer keeps its
+input for its own backward pass anyway), so no extra tensor is stored. With one step for
+the whole tensor (activations, per-tensor weights), each pass, shift and reductions
+included, is one call of a ``torch.compile``-d kernel when enabled (see ``_kernels``);
+a step per channel uses the eager broadcast version.
 """
 
 from __future__ import annotations
@@ -48,22 +49,66 @@ def phi_derivative(r: torch.Tensor, k: float) -> torch.Tensor:
     return (1 - t * t) * (k / (2 * math.tanh(k / 2)))
 
 
-def _forward_math(shifted, step, q_min, q_max):
-    v = shifted / step
-    return v.clamp(q_min, q_max).round() * step, v
+def _divided(x, shift, step):
+    return (x if shift is None else x + shift) / step
 
 
-def _backward_math(grad_out, v, q_min, q_max, phi_k: float):
+def _forward_math(x, shift, step, q_min, q_max):
+    return _divided(x, shift, step).clamp(q_min, q_max).round() * step
+
+
+def _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k: float):
     """Gradient w.r.t. the shifted input, and the per-element terms of the step gradient."""
+    v = _divided(x, shift, step)
     clipped = v.clamp(q_min, q_max)
     inside = clipped == v
     slope = inside.to(v.dtype) if phi_k == 0 else phi_derivative(v - v.floor(), phi_k) * inside
     return grad_out * slope, grad_out * (clipped.round() - v * slope)
 
 
-def _flat_backward_math(grad_out, v, q_min, q_max, phi_k: float):
-    grad_shifted, step_terms = _backward_math(grad_out, v, q_min, q_max, phi_k)
-    return grad_shifted, step_terms.sum()
+def _plain_forward(x, step, q_min, q_max):
+    return _forward_math(x, None, step, q_min, q_max)
+
+
+def _plain_backward(grad_out, x, step, q_min, q_max, phi_k: float):
+    """On flat tensors: the gradient of x and the step gradient."""
+    grad_x, step_terms = _backward_math(grad_out, x, None, step, q_min, q_max, phi_k)
+    return grad_x, step_terms.sum()
+
+
+def _channel_forward(x, shift, step, q_min, q_max):
+    return _forward_math(x, shift, step, q_min, q_max)
+
+
+def _channel_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
+    """On (outer, C, inner) tensors with a (C, 1) shift: the gradient of x, and (outer, C)
+    partial sums of the shift and step gradients.
+
+    Reducing only the contiguous last dimension lets the reductions share the element-wise
+    loop; a reduction over (outer, inner) at once compiles to separate, slower passes.
+    """
+    grad_x, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k)
+    return grad_x, grad_x.sum(dim=2), step_terms.sum(dim=2)
+
+
+def _token_forward(x, shift, step, q_min, q_max):
+    return _forward_math(x, shift, step, q_min, q_max)
+
+
+def _token_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
+    """On (tokens, C) tensors with a (C,) shift: the gradients of x, shift and step.
+
+    Channels last is its own layout: viewed as (outer, C, 1), the loops would run over a
+    last dimension of size 1, unvectorised.
+    """
+    grad_x, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k)
+    return grad_x, grad_x.sum(dim=0), step_terms.sum()
+
+
+# Separate functions, so that the compiled versions keep separate small graph caches.
+PLAIN_KERNELS = Kernels(_plain_forward, _plain_backward, compilable=True)
+CHANNEL_KERNELS = Kernels(_channel_forward, _channel_backward, compilable=True)
+TOKEN_KERNELS = Kernels(_token_forward, _token_backward, compilable=True)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -71,29 +116,85 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1).detach()
 
 
-ACTIVATION_KERNELS = Kernels(_forward_math, _flat_backward_math, compilable=True)
+def _is_channel_shift(shift: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``shift`` has shape (C, 1, ..., 1), C being a dimension of ``x``."""
+    d = shift.dim()
+    return (
+        1 <= d <= x.dim()
+        and shift.shape[0] == x.shape[-d]
+        and all(size == 1 for size in shift.shape[1:])
+    )
 
 
-class _ActivationFakeQuantize(torch.autograd.Function):
-    """Per-tensor step, optional per-channel shift; kernels on flattened tensors."""
+def _kernel_layout(x: torch.Tensor, shift: torch.Tensor | None):
+    """The kernels for ``x`` and ``shift``, with a function reshaping a tensor of ``x``'s
+    shape for them, and the shift reshaped for them (None without a shift).
+
+    Without a shift, tensors are flattened; with a (C,) shift (channels last, e.g. tokens)
+    they become (tokens, C); with a (C, 1, ..., 1) shift, (outer, C, inner).
+    """
+    if shift is None:
+        return PLAIN_KERNELS, _flat, None
+    channels, dims = shift.shape[0], shift.dim()
+    if dims == 1:
+        return TOKEN_KERNELS, lambda t: t.detach().reshape(-1, channels), shift.detach()
+    inner = math.prod(x.shape[x.dim() - dims + 1 :])
+    return (
+        CHANNEL_KERNELS,
+        lambda t: t.detach().reshape(-1, channels, inner),
+        shift.detach().reshape(channels, 1),
+    )
+
+
+def _tensor_step_forward(x, shift, step, q_min, q_max):
+    """The fake-quantized ``x`` for one step (detached) and an optional channel shift."""
+    kernels, view, shift_view = _kernel_layout(x, shift)
+    shift_args = () if shift_view is None else (shift_view,)
+    return kernels.forward(view(x), *shift_args, step, q_min, q_max).view(x.shape)
+
+
+class _TensorStepFakeQuantize(torch.autograd.Function):
+    """One step for the tensor, an optional per-channel shift; compiled kernels.
+
+    Saves the input rather than the quotient ``v``: layers keep their input for their own
+    backward pass anyway, and the backward kernel recomputes ``v`` for free while it reads.
+    The shift is added inside the kernels, and its gradient reduced there too, so each
+    direction is a single compiled call.
+    """
 
     @staticmethod
     def forward(ctx, x, shift, step, q_min, q_max, grad_scale, phi_k):
-        shifted = x if shift is None else x + shift
-        out, v = ACTIVATION_KERNELS.forward(_flat(shifted), step.detach(), q_min, q_max)
-        ctx.save_for_backward(v, shift, q_min, q_max)
-        ctx.shape, ctx.grad_scale, ctx.phi_k = x.shape, grad_scale, phi_k
-        return out.view(x.shape)
+        step_value = step.detach()
+        ctx.save_for_backward(x, shift, step_value, q_min, q_max)
+        ctx.grad_scale, ctx.phi_k = grad_scale, phi_k
+        return _tensor_step_forward(x, shift, step_value, q_min, q_max)
 
     @staticmethod
     def backward(ctx, grad_out):
-        v, shift, q_min, q_max = ctx.saved_tensors
-        grad_shifted, grad_step = ACTIVATION_KERNELS.backward(
-            _flat(grad_out), v, q_min, q_max, ctx.phi_k
+        x, shift, step, q_min, q_max = ctx.saved_tensors
+        kernels, view, shift_view = _kernel_layout(x, shift)
+        shift_args = () if shift_view is None else (shift_view,)
+        grads = kernels.backward(
+            view(grad_out), view(x), *shift_args, step, q_min, q_max, ctx.phi_k
         )
-        grad_shifted = grad_shifted.view(ctx.shape)
-        grad_shift = None if shift is None else grad_shifted.sum_to_size(shift.shape)
-        return grad_shifted, grad_shift, grad_step * ctx.grad_scale, None, None, None, None
+        grad_shift = None
+        if kernels is PLAIN_KERNELS:
+            grad_x, grad_step = grads
+        elif kernels is TOKEN_KERNELS:
+            grad_x, grad_shift, grad_step = grads
+        else:  # (outer, C) partial sums
+            grad_x, shift_partials, step_partials = grads
+            grad_shift = shift_partials.sum(dim=0).view(shift.shape)
+            grad_step = step_partials.sum()
+        return (
+            grad_x.view(x.shape),
+            grad_shift,
+            grad_step * ctx.grad_scale,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class _BroadcastFakeQuantize(torch.autograd.Function):
@@ -101,18 +202,21 @@ class _BroadcastFakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, step, q_min, q_max, grad_scale, phi_k):
-        out, v = _forward_math(x if shift is None else x + shift, step, q_min, q_max)
-        ctx.save_for_backward(v, shift, step, q_min, q_max)
+        ctx.save_for_backward(x, shift, step, q_min, q_max)
         ctx.grad_scale, ctx.phi_k = grad_scale, phi_k
-        return out
+        return _forward_math(x, shift, step, q_min, q_max)
 
     @staticmethod
     def backward(ctx, grad_out):
-        v, shift, step, q_min, q_max = ctx.saved_tensors
-        grad_shifted, step_terms = _backward_math(grad_out, v, q_min, q_max, ctx.phi_k)
+        x, shift, step, q_min, q_max = ctx.saved_tensors
+        grad_shifted, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, ctx.phi_k)
         grad_step = step_terms.sum_to_size(step.shape) * ctx.grad_scale
         grad_shift = None if shift is None else grad_shifted.sum_to_size(shift.shape)
         return grad_shifted, grad_shift, grad_step, None, None, None, None
+
+
+def _needs_gradient(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def learned_step_fake_quantize(
@@ -144,7 +248,10 @@ def learned_step_fake_quantize(
         ...                            torch.tensor(1.0), 1.0, 1.0)
         tensor([ 0.5000, -1.0000,  0.5000])
     """
-    function = _ActivationFakeQuantize if step.dim() == 0 else _BroadcastFakeQuantize
+    per_tensor = step.dim() == 0 and (shift is None or _is_channel_shift(shift, x))
+    if per_tensor and not _needs_gradient(x, step, shift):  # inference: no autograd node
+        return _tensor_step_forward(x, shift, step.detach(), q_min, q_max)
+    function = _TensorStepFakeQuantize if per_tensor else _BroadcastFakeQuantize
     return function.apply(x, shift, step, q_min, q_max, grad_scale, phi_k)
 
 
