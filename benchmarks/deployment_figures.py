@@ -5,8 +5,9 @@ real saved-file sizes), then the paper-comparison depth is frozen, exported to O
 with onnxruntime on an LR crop of a Set14 image; the maximum absolute difference to the
 frozen PyTorch model is printed. Quantizers are calibrated on two other Set14 LR crops
 (untrained networks: sizes, counts and the ONNX agreement do not depend on training).
+Everything is also saved to benchmarks/results/deployment_figures.json and .md.
 
-Run: python benchmarks/deployment_figures.py [--size 64] [--bits 4 2]
+Run: python -m benchmarks.deployment_figures [--size 64] [--bits 4 2]
 """
 
 from __future__ import annotations
@@ -20,26 +21,11 @@ import torch
 
 import qsr_plugin
 from qsr_plugin import sr_data
-from qsr_plugin._basicsr_compat import import_basicsr
 
-BACKBONES = {
-    "QuantSR-C": ("MSRResNet", {"num_feat": 64, "num_block": 16, "upscale": 4}, [32, 16, 8], 16),
-    "QuantSR-T": (
-        "SwinIR",
-        {
-            "upscale": 4,
-            "img_size": 64,
-            "window_size": 8,
-            "depths": [6, 6, 6, 6],
-            "embed_dim": 60,
-            "num_heads": [6, 6, 6, 6],
-            "mlp_ratio": 2,
-            "upsampler": "pixelshuffledirect",
-        },
-        [4, 2, 1],
-        4,
-    ),
-}
+from .models import MSRRESNET, SWINIR_S
+from .report import describe, machine, save
+
+BACKBONES = {"QuantSR-C": MSRRESNET, "QuantSR-T": SWINIR_S}
 
 
 def set14_crops(size: int) -> list[torch.Tensor]:
@@ -54,21 +40,21 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
-    import_basicsr()
-    from basicsr.utils.registry import ARCH_REGISTRY
-
     crops = set14_crops(args.size)
     calibration, x = torch.stack(crops[:2]), crops[2].unsqueeze(0)
-    for label, (name, options, variants, depth) in BACKBONES.items():
+    figures, sections = [], []
+    for label, backbone in BACKBONES.items():
+        depth = backbone.depth
         for bits in args.bits:
-            torch.manual_seed(0)
-            model = ARCH_REGISTRY.get(name)(**options)
+            model = backbone.build(seed=0)
             qsr_plugin.quantize(
-                model, bits=bits, depth_variants=variants, example_input=calibration[:1]
+                model,
+                bits=bits,
+                depth_variants=list(backbone.depth_variants),
+                example_input=calibration[:1],
             )
             qsr_plugin.calibrate(model, calibration)
-            print(f"## {label}, {bits}-bit\n")
-            print(qsr_plugin.report(model, input_size=(3, 256, 256)))
+            efficiency = qsr_plugin.report(model, input_size=(3, 256, 256))
             frozen = qsr_plugin.freeze(model, depth=depth)
             with tempfile.TemporaryDirectory() as folder, torch.no_grad():
                 path = qsr_plugin.export_onnx(frozen, Path(folder) / "model.onnx", x)
@@ -79,12 +65,27 @@ def main() -> None:
                 difference = np.abs(got - frozen(x).numpy())
                 size = path.stat().st_size
             psnr = 10 * np.log10(1 / max(np.mean(difference**2), 1e-30))
-            print(
-                f"\nONNX (depth {depth}, input 1x3x{args.size}x{args.size}): {size:,} bytes; "
-                f"onnxruntime vs PyTorch: max abs difference {difference.max():.3g}, "
-                f"{100 * np.mean(difference > 1e-4):.2f}% of values beyond 1e-4, "
+            onnx = {
+                "depth": depth,
+                "input": [1, 3, args.size, args.size],
+                "file_bytes": size,
+                "max_abs_difference": float(difference.max()),
+                "share_beyond_1e-4": float(np.mean(difference > 1e-4)),
+                "psnr_db": float(psnr),
+            }
+            figures.append({"model": label, "bits": bits, **efficiency.to_dict(), "onnx": onnx})
+            sections.append(
+                f"## {label}, {bits}-bit\n\n{efficiency}\n\n"
+                f"ONNX (depth {depth}, input 1x3x{args.size}x{args.size}): {size:,} bytes; "
+                f"onnxruntime vs PyTorch: max abs difference {onnx['max_abs_difference']:.3g}, "
+                f"{100 * onnx['share_beyond_1e-4']:.2f}% of values beyond 1e-4, "
                 f"PSNR {psnr:.1f} dB\n"
             )
+            print(sections[-1])
+    header = machine()
+    markdown = f"Deployment figures; {describe(header)}\n\n" + "\n".join(sections)
+    path = save("deployment_figures", {"machine": header, "figures": figures}, markdown)
+    print(f"written: {path} and its .json")
 
 
 if __name__ == "__main__":

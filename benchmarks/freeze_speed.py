@@ -6,7 +6,7 @@ QuantSR-C (MSRResNet 64x16 grown to [32, 16, 8], 16-block variant) and QuantSR-T
 Quantized (eval mode, no grad) and frozen forwards alternate round by round; the table gives
 median times and the speed-up. Outputs are checked to be equal first.
 
-Run: python benchmarks/freeze_speed.py [--size 64] [--rounds 10] [--compile 0|1]
+Run: python -m benchmarks.freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
 """
 
 from __future__ import annotations
@@ -18,35 +18,13 @@ import torch
 
 import qsr_plugin
 from qsr_plugin import sr_data
-from qsr_plugin._basicsr_compat import import_basicsr
 
-try:
-    from benchmarks._timing import interleaved_median_times
-except ImportError:  # run as a script from benchmarks/
-    from _timing import interleaved_median_times
+from ._timing import interleaved_median_times
+from .models import MSRRESNET, SWINIR_S
 
 BACKBONES = {
-    "QuantSR-C (MSRResNet, depth 16)": (
-        "MSRResNet",
-        {"num_feat": 64, "num_block": 16, "upscale": 4},
-        [32, 16, 8],
-        16,
-    ),
-    "QuantSR-T (SwinIR_S, depth 4)": (
-        "SwinIR",
-        {
-            "upscale": 4,
-            "img_size": 64,
-            "window_size": 8,
-            "depths": [6, 6, 6, 6],
-            "embed_dim": 60,
-            "num_heads": [6, 6, 6, 6],
-            "mlp_ratio": 2,
-            "upsampler": "pixelshuffledirect",
-        },
-        [4, 2, 1],
-        4,
-    ),
+    "QuantSR-C (MSRResNet, depth 16)": MSRRESNET,
+    "QuantSR-T (SwinIR_S, depth 4)": SWINIR_S,
 }
 
 
@@ -58,8 +36,6 @@ def main() -> None:
     parser.add_argument("--compile", type=int, choices=(0, 1), default=1)
     args = parser.parse_args()
     qsr_plugin.use_compiled_kernels(bool(args.compile))
-    import_basicsr()
-    from basicsr.utils.registry import ARCH_REGISTRY
 
     pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), 4)
     crops = [
@@ -77,11 +53,14 @@ def main() -> None:
     )
     print("| model | quantized eval (ms) | frozen (ms) | speed-up |")
     print("| --- | --- | --- | --- |")
-    for label, (name, options, variants, depth) in BACKBONES.items():
-        torch.manual_seed(0)
-        model = ARCH_REGISTRY.get(name)(**options)
+    for label, backbone in BACKBONES.items():
+        depth = backbone.depth
+        model = backbone.build(seed=0)
         qsr_plugin.quantize(
-            model, bits=args.bits, depth_variants=variants, example_input=calibration[:1]
+            model,
+            bits=args.bits,
+            depth_variants=list(backbone.depth_variants),
+            example_input=calibration[:1],
         )
         qsr_plugin.calibrate(model, calibration)
         qsr_plugin.set_depth(model.eval(), depth)
