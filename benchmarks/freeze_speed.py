@@ -4,7 +4,8 @@ QuantSR-C (MSRResNet 64x16 grown to [32, 16, 8], 16-block variant) and QuantSR-T
 4-layer variant), 4-bit, calibrated on two LR crops of Set14 images and timed on a third
 (--size x --size LR pixels).
 Quantized (eval mode, no grad) and frozen forwards alternate round by round; the table gives
-median times and the speed-up. Outputs are checked to be equal first.
+median times and the speed-up. Outputs are checked to be equal first. The table and the
+figures are saved to benchmarks/results/freeze_speed.md and .json.
 
 Run: python -m benchmarks.freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
 """
@@ -12,7 +13,6 @@ Run: python -m benchmarks.freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
 from __future__ import annotations
 
 import argparse
-import platform
 
 import torch
 
@@ -21,6 +21,7 @@ from qsr_plugin import sr_data
 
 from ._timing import interleaved_median_times
 from .models import MSRRESNET, SWINIR_S
+from .report import describe, machine, markdown_table, save
 
 BACKBONES = {
     "QuantSR-C (MSRResNet, depth 16)": MSRRESNET,
@@ -46,13 +47,8 @@ def main() -> None:
     if len(crops) < 3:
         raise SystemExit(f"--size {args.size}: fewer than 3 Set14 LR images are that large")
     calibration, x = torch.stack(crops[:2]), crops[2].unsqueeze(0)
-    print(
-        f"input 1x3x{args.size}x{args.size}, {args.bits}-bit, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"compiled activation kernels: {bool(args.compile)}"
-    )
-    print("| model | quantized eval (ms) | frozen (ms) | speed-up |")
-    print("| --- | --- | --- | --- |")
+    header = machine()
+    rows = []
     for label, backbone in BACKBONES.items():
         depth = backbone.depth
         model = backbone.build(seed=0)
@@ -72,10 +68,23 @@ def main() -> None:
                 {"quantized": lambda m=model: m(x), "frozen": lambda f=frozen: f(x)},
                 rounds=args.rounds,
             )
-        print(
-            f"| {label} | {1000 * times['quantized']:.1f} | {1000 * times['frozen']:.1f} "
-            f"| {times['quantized'] / times['frozen']:.2f}x |"
-        )
+        rows.append({"model": label, **times, "speed_up": times["quantized"] / times["frozen"]})
+        print(f"{label}: {rows[-1]['speed_up']:.2f}x")
+    table = markdown_table(
+        ["model", "quantized eval (ms)", "frozen (ms)", "speed-up"],
+        [
+            [r["model"], f"{1000 * r['quantized']:.1f}", f"{1000 * r['frozen']:.1f}",
+             f"{r['speed_up']:.2f}x"]
+            for r in rows
+        ],
+    )  # fmt: skip
+    markdown = (
+        f"Input 1x3x{args.size}x{args.size}, {args.bits}-bit, compiled activation kernels: "
+        f"{bool(args.compile)}; {describe(header)}\n\n{table}"
+    )
+    settings = {"size": args.size, "bits": args.bits, "rounds": args.rounds}
+    save("freeze_speed", {"machine": header, "settings": settings, "rows": rows}, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

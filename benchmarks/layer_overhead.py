@@ -1,25 +1,20 @@
 """Cost of one quantized Conv2d forward+backward relative to the float Conv2d.
 
-Run: python benchmarks/layer_overhead.py [--out results/layer_overhead]
-Writes <out>.json and <out>.md with the median times and their ratios.
+Run: python -m benchmarks.layer_overhead [--rounds 20]
+Writes benchmarks/results/layer_overhead.json and .md with the median times and their ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from qsr_plugin import QuantConv2d, QuantSpec
 
-try:
-    from benchmarks._timing import interleaved_median_times
-except ImportError:  # run as a script from benchmarks/
-    from _timing import interleaved_median_times
+from ._timing import interleaved_median_times
+from .report import describe, machine, markdown_table, save
 
 
 def fwd_bwd(layer: nn.Module, x: torch.Tensor):
@@ -32,7 +27,6 @@ def fwd_bwd(layer: nn.Module, x: torch.Tensor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/layer_overhead")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--channels", type=int, default=64)
@@ -53,22 +47,15 @@ def main() -> None:
         {"layer": name, "ms": 1000 * t, "ratio_to_float": t / times["float"]}
         for name, t in times.items()
     ]
-    result = {
-        "what": "Conv2d 3x3 forward+backward, input " + "x".join(map(str, shape)),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-        "rows": rows,
-    }
-    table = ["| layer | ms | ratio to float |", "| --- | --- | --- |"]
-    table += [f"| {r['layer']} | {r['ms']:.2f} | {r['ratio_to_float']:.2f} |" for r in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(
-        f"{result['what']} ({result['machine']})\n\n" + "\n".join(table) + "\n"
+    header = machine()
+    what = "Conv2d 3x3 forward+backward, input " + "x".join(map(str, shape))
+    table = markdown_table(
+        ["layer", "ms", "ratio to float"],
+        [[r["layer"], f"{r['ms']:.2f}", f"{r['ratio_to_float']:.2f}"] for r in rows],
     )
-    print(result["what"], "|", result["machine"])
-    print("\n".join(table))
+    markdown = f"{what}, 4-bit weights and activations ({describe(header)})\n\n{table}"
+    save("layer_overhead", {"what": what, "machine": header, "rows": rows}, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":
