@@ -9,50 +9,13 @@ the quantized training layers in eval mode. They refuse to run in training mode.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..quantizers._kernels import compiled_kernels_enabled, use_compiled_kernels
+from ..quantizers._rounding import tensor_step_forward
 from .qdq import dequantize_weight, quantize_dequantize
 from .quantized_layers import ActivationGrid, WeightCodes
-
-
-def _quantize_in_place(x, shift, step, q_min, q_max):
-    """``round(clip((x + shift) / step))`` with the training quantizer's operations, in place
-    on a fresh tensor (eager: no intermediate tensors; compiled: one fused loop).
-
-    The result is contiguous, as the training quantizer's is: a layer after it would choose
-    another kernel (and sum in another order) for an input with other strides, such as the
-    transposed view SwinIR's ``patch_unembed`` hands to the RSTB convolutions.
-    """
-    x = x.contiguous()
-    out = x / step if shift is None else (x + shift).div_(step)
-    return out.clamp_(q_min, q_max).round_().mul_(step)
-
-
-_compiled: dict[str, object] = {}
-
-
-def _quantize(x, shift, step, q_min, q_max):
-    """:func:`_quantize_in_place`, through ``torch.compile`` when compiled kernels are on
-    (``QSR_COMPILE``, :func:`qsr_plugin.use_compiled_kernels`), else eagerly."""
-    if not compiled_kernels_enabled():
-        return _quantize_in_place(x, shift, step, q_min, q_max)
-    if "kernel" not in _compiled:
-        _compiled["kernel"] = torch.compile(_quantize_in_place, dynamic=True)
-    try:
-        return _compiled["kernel"](x, shift, step, q_min, q_max)
-    except Exception as error:  # compilation failed: fall back, say so once
-        use_compiled_kernels(False)
-        warnings.warn(
-            f"torch.compile of the frozen quantizer failed ({type(error).__name__}: {error}); "
-            "using eager kernels, which are slower",
-            stacklevel=3,
-        )
-        return _quantize_in_place(x, shift, step, q_min, q_max)
 
 
 def _refuse_training(module: nn.Module) -> None:
@@ -94,7 +57,7 @@ class FrozenActivationQuantizer(nn.Module):
             if self.shift is not None:
                 x = x + self.shift
             return quantize_dequantize(x, self.step, self.bits, self.signed, self.q_min, self.q_max)
-        return _quantize(x, self.shift, self.step, self.q_min, self.q_max)
+        return tensor_step_forward(x, self.shift, self.step, self.q_min, self.q_max)
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"

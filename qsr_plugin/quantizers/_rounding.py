@@ -146,8 +146,12 @@ def _kernel_layout(x: torch.Tensor, shift: torch.Tensor | None):
     )
 
 
-def _tensor_step_forward(x, shift, step, q_min, q_max):
-    """The fake-quantized ``x`` for one step (detached) and an optional channel shift."""
+def tensor_step_forward(x, shift, step, q_min, q_max):
+    """The fake-quantized ``x`` for one step (detached) and an optional channel shift.
+
+    Frozen models (:mod:`qsr_plugin.export.frozen_layers`) call it too, so that they compute
+    with the same kernels, and return the same memory layout, as the training quantizers.
+    """
     kernels, view, shift_view = _kernel_layout(x, shift)
     shift_args = () if shift_view is None else (shift_view,)
     return kernels.forward(view(x), *shift_args, step, q_min, q_max).view(x.shape)
@@ -167,7 +171,7 @@ class _TensorStepFakeQuantize(torch.autograd.Function):
         step_value = step.detach()
         ctx.save_for_backward(x, shift, step_value, q_min, q_max)
         ctx.grad_scale, ctx.phi_k = grad_scale, phi_k
-        return _tensor_step_forward(x, shift, step_value, q_min, q_max)
+        return tensor_step_forward(x, shift, step_value, q_min, q_max)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -250,7 +254,7 @@ def learned_step_fake_quantize(
     """
     per_tensor = step.dim() == 0 and (shift is None or _is_channel_shift(shift, x))
     if per_tensor and not _needs_gradient(x, step, shift):  # inference: no autograd node
-        return _tensor_step_forward(x, shift, step.detach(), q_min, q_max)
+        return tensor_step_forward(x, shift, step.detach(), q_min, q_max)
     function = _TensorStepFakeQuantize if per_tensor else _BroadcastFakeQuantize
     return function.apply(x, shift, step, q_min, q_max, grad_scale, phi_k)
 
