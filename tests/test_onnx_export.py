@@ -1,6 +1,8 @@
 """export_onnx(): QuantizeLinear/DequantizeLinear graphs that onnxruntime runs like PyTorch."""
 
 import numpy as np
+import onnx  # the [onnx] extra; [test] and [dev] install it
+import onnxruntime as ort
 import pytest
 import torch
 from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
@@ -15,9 +17,6 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
 import qsr_plugin
 from qsr_plugin.export import onnx_export
 from qsr_plugin.export.frozen_layers import is_frozen_layer
-
-onnx = pytest.importorskip("onnx", reason="the [onnx] extra is not installed")
-ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 
 # The stated tolerance (see qsr_plugin/export/onnx_export.py): onnxruntime's LayerNorm,
 # softmax and GELU differ from PyTorch's by about 1e-7, which now and then moves an
