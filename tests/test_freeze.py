@@ -11,6 +11,7 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
     small_msrresnet,
     small_swinir,
 )
+from archs import SWINIR_S
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import qsr_plugin
@@ -143,17 +144,7 @@ def test_frozen_quantizer_hands_on_the_layout_of_the_training_quantizer(compiled
 @pytest.mark.parametrize("compiled", [False, True])
 def test_full_size_swinir_s_frozen_equals_quantized(compiled):
     qsr_plugin.use_compiled_kernels(compiled)
-    model = arch(
-        "SwinIR",
-        upscale=4,
-        img_size=64,
-        window_size=8,
-        depths=[6, 6, 6, 6],
-        embed_dim=60,
-        num_heads=[6, 6, 6, 6],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-    )
+    model = arch("SwinIR", **SWINIR_S)
     crops = lr_crops("Set14", size=64, count=3)  # 64 = img_size: the stored attention masks
     x = crops[2:]
     qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2, 1], example_input=x)

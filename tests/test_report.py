@@ -10,6 +10,7 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
     lr_patches,
     small_msrresnet,
 )
+from archs import SWINIR_S
 from torch import nn
 from torch.nn import functional as F
 
@@ -96,17 +97,7 @@ def test_msrresnet_counts_match_the_architecture(bits):
 
 @pytest.mark.parametrize("bits", [4, 2])
 def test_swinir_s_counts_match_the_architecture(bits):
-    model = arch(
-        "SwinIR",
-        upscale=4,
-        img_size=64,
-        window_size=8,
-        depths=[6, 6, 6, 6],
-        embed_dim=60,
-        num_heads=[6, 6, 6, 6],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-    )
+    model = arch("SwinIR", **SWINIR_S)
     qsr_plugin.quantize(
         model, bits=bits, depth_variants=[4, 2, 1], example_input=lr_patches(count=1)
     )
