@@ -5,7 +5,7 @@ QuantSR-C (MSRResNet 64x16 grown to [32, 16, 8], 16-block variant) and QuantSR-T
 (--size x --size LR pixels).
 Quantized (eval mode, no grad) and frozen forwards alternate round by round; the table gives
 median times and the speed-up. Outputs are checked to be equal first. The table and the
-figures are saved to benchmarks/results/freeze_speed.md and .json.
+figures are saved to benchmarks/results/freeze_speed_<compiled|eager>.md and .json.
 
 Run: python -m benchmarks.freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
 """
@@ -83,7 +83,10 @@ def main() -> None:
         f"{bool(args.compile)}; {describe(header)}\n\n{table}"
     )
     settings = {"size": args.size, "bits": args.bits, "rounds": args.rounds}
-    save("freeze_speed", {"machine": header, "settings": settings, "rows": rows}, markdown)
+    kernels = "compiled" if args.compile else "eager"
+    save(
+        f"freeze_speed_{kernels}", {"machine": header, "settings": settings, "rows": rows}, markdown
+    )
     print(markdown)
 
 
