@@ -61,7 +61,8 @@ def summary(model: nn.Module) -> str:
         grown = f", grown to {len(container.block_names)}" if container.grown_from else ""
         lines.append(f"depth variants of {path}{grown} (active: {container.active_depth}):")
         for depth in container.depth_variants:
-            lines.append(f"  {depth:>3} blocks: {_ranges(sorted(container.variants[depth]))}")
+            noun = "block" if depth == 1 else "blocks"
+            lines.append(f"  {depth:>3} {noun}: {_ranges(sorted(container.variants[depth]))}")
     lines.append("layers (name, type, parameters, quantization):")
     for name, module in model.named_modules():
         if isinstance(module, COMPUTE_TYPES):
