@@ -1,6 +1,7 @@
 """Seconds per QuantSRModel training iteration of a recipe at its real patch size and batch.
 
-Run: python benchmarks/basicsr_iteration.py recipes/quantsr_c_x4.yml [--iterations 4]
+Run: python -m benchmarks.basicsr_iteration recipes/quantsr_c_x4.yml [--iterations 4]
+Saves benchmarks/results/basicsr_iteration_<recipe>.json and .md.
 
 Builds the recipe's QuantSRModel on the CPU (no pretrained checkpoint, no dataset folders
 needed) and times ``optimize_parameters`` on real photographs (scikit-image's bundled
@@ -12,17 +13,16 @@ The first iteration also initialises the quantizers and, with compiled kernels (
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-
-import torch
+from pathlib import Path
 
 from qsr_plugin.integrations.basicsr.model import QuantSRModel
 from qsr_plugin.integrations.basicsr.options import read_option_file
 from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import PatchSampler, builtin_images
+
+from .report import describe, machine, markdown_table, save
 
 
 def model_for(recipe: str) -> tuple[QuantSRModel, dict]:
@@ -51,17 +51,25 @@ def main() -> None:
         model.optimize_parameters(iteration)
         times.append(time.perf_counter() - start)
         print(f"iteration {iteration}: {times[-1]:.2f} s  {dict(model.log_dict)}", flush=True)
+    header = machine()
     result = {
         "recipe": args.recipe,
         "lr_patch": list(lq.shape),
         "compiled_kernels": compiled_kernels_enabled(),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "machine": header,
         "first_iteration_s": round(times[0], 2),
         "median_s": round(statistics.median(times[1:]), 2) if len(times) > 1 else None,
         "later_iterations_s": [round(t, 2) for t in times[1:]],
     }
-    print(json.dumps(result))
+    table = markdown_table(
+        ["recipe", "LR batch", "first iteration (s)", "median of the rest (s)"],
+        [[args.recipe, "x".join(map(str, lq.shape)), result["first_iteration_s"],
+          result["median_s"]]],
+    )  # fmt: skip
+    kernels = "compiled" if result["compiled_kernels"] else "eager"
+    markdown = f"QuantSRModel.optimize_parameters, {kernels} kernels; {describe(header)}\n\n{table}"
+    save(f"basicsr_iteration_{Path(args.recipe).stem}", result, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":
