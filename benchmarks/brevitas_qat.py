@@ -19,6 +19,8 @@ import copy
 import torch
 from torch import nn
 
+from qsr_plugin.layers import conv_settings
+
 from .body_layers import signed_inputs
 
 
@@ -40,18 +42,7 @@ def _brevitas_layer(layer: nn.Module, bits: int, signed: bool) -> nn.Module:
         dtype=layer.weight.dtype,
     )
     if type(layer) is nn.Conv2d:
-        quantized = QuantConv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            **options,
-        )
+        quantized = QuantConv2d(**conv_settings(layer), **options)
     elif type(layer) is nn.Linear:
         quantized = QuantLinear(
             layer.in_features, layer.out_features, bias=layer.bias is not None, **options

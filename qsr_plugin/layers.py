@@ -17,6 +17,22 @@ from .config import QuantSpec
 from .quantizers import Quantizer, get_method
 
 
+def conv_settings(conv: nn.Conv2d) -> dict:
+    """The constructor arguments that rebuild ``conv``'s geometry (channels, kernel, stride,
+    padding and its mode, dilation, groups, whether it has a bias), as keywords."""
+    return dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+
+
 class _QuantizedLayer:
     """What QuantConv2d and QuantLinear share: the quantizers and the float conversions."""
 
@@ -103,15 +119,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
         """A quantized layer sharing ``conv``'s parameters (any stride, padding, groups)."""
         cls._check_convertible(conv)
         quantized = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
+            **conv_settings(conv),
             device=conv.weight.device,
             dtype=conv.weight.dtype,
             spec=spec,
@@ -121,18 +129,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
 
     def to_float(self) -> nn.Conv2d:
         """A plain Conv2d sharing this layer's (unquantized) parameters."""
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device="meta",
-        )
+        conv = nn.Conv2d(**conv_settings(self), device="meta")
         conv.weight, conv.bias = self.weight, self.bias
         return conv.train(self.training)
 

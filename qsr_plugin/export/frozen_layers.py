@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..layers import conv_settings
 from ..quantizers._rounding import tensor_step_forward
 from .qdq import dequantize_weight, quantize_dequantize
 from .quantized_layers import ActivationGrid, WeightCodes
@@ -109,18 +110,7 @@ class FrozenQuantConv2d(_FrozenLayer, nn.Conv2d):
         cls, layer: nn.Conv2d, codes: WeightCodes | None, grid: ActivationGrid | None
     ) -> FrozenQuantConv2d:
         """The frozen form of a QuantConv2d, given its weight codes and input grid."""
-        frozen = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            device="meta",
-        )
+        frozen = cls(**conv_settings(layer), device="meta")
         frozen._freeze_from(layer, codes, grid)
         return frozen
 
