@@ -20,17 +20,11 @@ import numpy as np
 import torch
 
 import qsr_plugin
-from qsr_plugin import sr_data
 
-from .models import MSRRESNET, SWINIR_S
+from .models import MSRRESNET, SWINIR_S, set14_lr_crops
 from .report import describe, machine, save
 
 BACKBONES = {"QuantSR-C": MSRRESNET, "QuantSR-T": SWINIR_S}
-
-
-def set14_crops(size: int) -> list[torch.Tensor]:
-    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), 4)
-    return [sr_data.to_tensor(lr[:size, :size]) for _, lr, _ in pairs if min(lr.shape[:2]) >= size]
 
 
 def main() -> None:
@@ -40,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
-    crops = set14_crops(args.size)
+    crops = set14_lr_crops(args.size)
     calibration, x = torch.stack(crops[:2]), crops[2].unsqueeze(0)
     figures, sections = [], []
     for label, backbone in BACKBONES.items():

@@ -17,10 +17,9 @@ import argparse
 import torch
 
 import qsr_plugin
-from qsr_plugin import sr_data
 
 from ._timing import interleaved_median_times
-from .models import MSRRESNET, SWINIR_S
+from .models import MSRRESNET, SWINIR_S, set14_lr_crops
 from .report import describe, machine, markdown_table, save
 
 BACKBONES = {
@@ -38,12 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     qsr_plugin.use_compiled_kernels(bool(args.compile))
 
-    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), 4)
-    crops = [
-        sr_data.to_tensor(lr[: args.size, : args.size])
-        for _, lr, _ in pairs
-        if min(lr.shape[:2]) >= args.size
-    ]
+    crops = set14_lr_crops(args.size)
     if len(crops) < 3:
         raise SystemExit(f"--size {args.size}: fewer than 3 Set14 LR images are that large")
     calibration, x = torch.stack(crops[:2]), crops[2].unsqueeze(0)

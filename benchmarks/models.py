@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qsr_plugin import sr_data
 from qsr_plugin._basicsr_compat import import_basicsr
 
 
@@ -88,6 +89,13 @@ SWINIR_S = Backbone(
 )
 
 SPEED_BACKBONES = {"msrresnet": MSRRESNET, "swinir_s": SWINIR_S}
+
+
+def set14_lr_crops(size: int, scale: int = 4) -> list[torch.Tensor]:
+    """Top-left ``size`` x ``size`` crops of the Set14 LR images (MATLAB bicubic, x``scale``)
+    that are at least that large, as (3, size, size) tensors."""
+    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), scale)
+    return [sr_data.to_tensor(lr[:size, :size]) for _, lr, _ in pairs if min(lr.shape[:2]) >= size]
 
 
 def small_msrresnet(num_feat: int, num_block: int, scale: int, patch: int, batch: int):

@@ -68,8 +68,9 @@ def small_msrresnet(bits: int = 4, **settings):
     return qsr_plugin.quantize(model, bits=bits, depth_variants=[8, 4, 2], **settings)
 
 
-def small_swinir(bits: int = 4, img_size: int = 16, **settings):
-    """SwinIR_S's layout (4 RSTBs, pixelshuffledirect) at embed_dim 12, variants [4, 2, 1]."""
+def small_swinir(bits: int = 4, img_size: int = 16, depth_variants=(4, 2, 1), **settings):
+    """SwinIR_S's layout (4 RSTBs, pixelshuffledirect) at embed_dim 12, variants [4, 2, 1]
+    unless told otherwise."""
     model = arch(
         "SwinIR",
         upscale=SCALE,
@@ -82,7 +83,11 @@ def small_swinir(bits: int = 4, img_size: int = 16, **settings):
         upsampler="pixelshuffledirect",
     )
     return qsr_plugin.quantize(
-        model, bits=bits, depth_variants=[4, 2, 1], example_input=lr_patches(count=1), **settings
+        model,
+        bits=bits,
+        depth_variants=list(depth_variants),
+        example_input=lr_patches(count=1),
+        **settings,
     )
 
 

@@ -176,18 +176,7 @@ def test_loading_into_a_model_with_other_bits_names_the_field(saved_swinir):
 
 
 def test_loading_into_a_model_with_other_variants_names_the_field(saved_swinir):
-    model = arch(
-        "SwinIR",
-        upscale=4,
-        img_size=16,
-        window_size=4,
-        depths=[2, 2, 2, 2],
-        embed_dim=12,
-        num_heads=[2, 2, 2, 2],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-    )
-    qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2], example_input=lr_patches(count=1))
+    model = small_swinir(4, depth_variants=[4, 2])
     with pytest.raises(ValueError, match=r"config\.depth_variants: file has \[4, 2, 1\], model ha"):
         qsr_plugin.load(saved_swinir, model)
 
