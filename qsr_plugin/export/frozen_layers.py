@@ -15,8 +15,13 @@ from torch.nn import functional as F
 
 from ..layers import conv_settings
 from ..quantizers._rounding import tensor_step_forward
+from . import _integer_ops
 from .qdq import dequantize_weight, quantize_dequantize
 from .quantized_layers import ActivationGrid, WeightCodes
+
+# What ``export_onnx`` makes the frozen modules emit: None (compute, not export), "float"
+# (QuantizeLinear/DequantizeLinear around float kernels) or "integer" (integer kernels).
+EXPORT_KERNELS = ("float", "integer")
 
 
 def _refuse_training(module: nn.Module) -> None:
@@ -50,15 +55,31 @@ class FrozenActivationQuantizer(nn.Module):
         self.register_buffer("step", grid.step)
         self.register_buffer("q_min", torch.tensor(float(q_min), dtype=grid.step.dtype))
         self.register_buffer("q_max", torch.tensor(float(q_max), dtype=grid.step.dtype))
-        self.export_qdq = False
+        self.export_kernels: str | None = None
+        # Set by export_onnx when the producing convolution already wrote this quantizer's
+        # codes (its shift folded in); "relu" when a ReLU stands between them.
+        self.fed_codes: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _refuse_training(self)
-        if self.export_qdq:
+        if self.export_kernels == "float":
             if self.shift is not None:
                 x = x + self.shift
             return quantize_dequantize(x, self.step, self.bits, self.signed, self.q_min, self.q_max)
         return tensor_step_forward(x, self.shift, self.step, self.q_min, self.q_max)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as UINT8 codes (integer export; see :mod:`._integer_ops`)."""
+        if self.fed_codes is None and self.shift is not None:
+            x = x + self.shift
+        if self.fed_codes == "relu" and self.shift is not None:
+            # relu(y) + shift == max(y + shift, shift): the producer added the shift, the
+            # ReLU's floor moves to the shift's own code.
+            floor = torch.clamp(torch.round(self.shift / self.step), self.q_min, self.q_max)
+            x = torch.maximum(x, floor * self.step)
+        return _integer_ops.quantize_codes(
+            x, self.step, self.bits, self.signed, self.q_min, self.q_max
+        )
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
@@ -86,7 +107,10 @@ class _FrozenLayer:
         self.register_buffer("weight_codes", None if codes is None else codes.codes)
         self.register_buffer("weight_step", None if codes is None else codes.step)
         self.input_quant = None if grid is None else FrozenActivationQuantizer(grid)
-        self.export_qdq = False
+        self.export_kernels: str | None = None
+        # Set by export_onnx: the next layer's input quantizer that this layer's integer
+        # convolution writes codes for directly (see _integer_ops.qlinear_conv).
+        self.feeds: FrozenActivationQuantizer | None = None
         self.eval()
 
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +118,15 @@ class _FrozenLayer:
         if self.input_quant is not None:
             x = self.input_quant(x)
         weight = self.weight
-        if self.export_qdq and self.weight_codes is not None:
+        if self.export_kernels == "float" and self.weight_codes is not None:
             weight = dequantize_weight(self.weight_codes, self.weight_step, weight.dtype)
         return x, weight
+
+    def _integer_operands(self, x: torch.Tensor) -> tuple:
+        _refuse_training(self)
+        quantizer = self.input_quant
+        codes = quantizer.codes(x)
+        return codes, quantizer.step, quantizer.signed, self.weight_codes, self.weight_step
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, frozen w={self.weight_bits}, a={self.act_bits}"
@@ -115,6 +145,11 @@ class FrozenQuantConv2d(_FrozenLayer, nn.Conv2d):
         return frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.export_kernels == "integer":
+            operands = self._integer_operands(x)
+            if self.feeds is not None:
+                return _integer_ops.qlinear_conv(self, *operands, self.feeds, x.dtype)
+            return _integer_ops.conv_integer(self, *operands, x.dtype)
         x, weight = self._operands(x)
         return self._conv_forward(x, weight, self.bias)
 
@@ -134,6 +169,8 @@ class FrozenQuantLinear(_FrozenLayer, nn.Linear):
         return frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.export_kernels == "integer":
+            return _integer_ops.matmul_integer(self, *self._integer_operands(x), x.dtype)
         x, weight = self._operands(x)
         return F.linear(x, weight, self.bias)
 

@@ -35,8 +35,9 @@ from torch import nn
 
 from .._files import write_atomically
 from ..rewrite.quantize import quantization_record
+from ._integer_plan import fused_convolutions
 from .freeze import frozen_record
-from .frozen_layers import FrozenActivationQuantizer, is_frozen_layer
+from .frozen_layers import EXPORT_KERNELS, FrozenActivationQuantizer, is_frozen_layer
 from .qdq import QDQ_OPSET
 
 INT4_TYPES = {"INT4", "UINT4"}
@@ -70,18 +71,72 @@ def _import_onnx():
     return onnx
 
 
+def _require_integer_ready(model: nn.Module) -> None:
+    """Integer kernels need integer codes on both operands of every quantized layer."""
+    float_inputs = [
+        n for n, m in model.named_modules() if is_frozen_layer(m) and m.input_quant is None
+    ]
+    float_weights = [
+        n for n, m in model.named_modules() if is_frozen_layer(m) and m.weight_codes is None
+    ]
+    padded = [
+        n
+        for n, m in model.named_modules()
+        if is_frozen_layer(m) and isinstance(m, nn.Conv2d) and m.padding_mode != "zeros"
+    ]
+    for layers, why in (
+        (float_inputs, "float activations (act_bits=32)"),
+        (float_weights, "float weights (weight_bits=32)"),
+        (padded, "a padding mode other than zeros"),
+    ):
+        if layers:
+            raise ValueError(
+                f"export_onnx(kernels='integer'): {', '.join(layers)} "
+                f"{'has' if len(layers) == 1 else 'have'} {why}, which integer kernels cannot "
+                "take; export with kernels='float' (QuantizeLinear/DequantizeLinear around "
+                "float kernels), or quantize these layers"
+            )
+
+
+def _require_input_shape(model: nn.Module, example_input) -> None:
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(
+            "export_onnx(): example_input must be a torch.Tensor, got "
+            f"{type(example_input).__name__}"
+        )
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = "C" if first_conv is None else first_conv.in_channels
+    if example_input.dim() != 4 or (
+        first_conv is not None and example_input.shape[1] != first_conv.in_channels
+    ):
+        raise ValueError(
+            f"export_onnx(): example_input has shape {tuple(example_input.shape)}; "
+            f"{type(model).__name__} takes images of shape (N, {channels}, H, W)"
+        )
+
+
 @contextlib.contextmanager
-def _emitting_qdq(model: nn.Module) -> Iterator[None]:
+def _exporting(model: nn.Module, kernels: str) -> Iterator[None]:
+    """Switch every frozen module to emit ``kernels``' ONNX nodes, then back."""
     switches = [
         m for m in model.modules() if is_frozen_layer(m) or isinstance(m, FrozenActivationQuantizer)
     ]
+    plan = fused_convolutions(model) if kernels == "integer" else {}
+    fusions = [
+        (model.get_submodule(producer), model.get_submodule(consumer).input_quant, route)
+        for producer, (consumer, route) in plan.items()
+    ]
     for module in switches:
-        module.export_qdq = True
+        module.export_kernels = kernels
+    for producer, quantizer, route in fusions:
+        producer.feeds, quantizer.fed_codes = quantizer, route
     try:
         yield
     finally:
         for module in switches:
-            module.export_qdq = False
+            module.export_kernels = None
+        for producer, quantizer, _ in fusions:
+            producer.feeds, quantizer.fed_codes = None, None
 
 
 def _narrow_weight_codes(onnx, graph, bits: dict[str, int]) -> None:
@@ -131,6 +186,7 @@ def export_onnx(
     path: str | os.PathLike,
     example_input: torch.Tensor,
     *,
+    kernels: str = "integer",
     opset: int = QDQ_OPSET,
 ) -> Path:
     """Write a frozen model as an ONNX file with QuantizeLinear/DequantizeLinear pairs.
@@ -156,6 +212,11 @@ def export_onnx(
         ``qsr_plugin.export_onnx(qsr_plugin.freeze(model, depth=4), "sr.onnx", lr)``
     """
     _require_frozen(model)
+    if kernels not in EXPORT_KERNELS:
+        raise ValueError(f"kernels must be one of {EXPORT_KERNELS}, got {kernels!r}")
+    _require_input_shape(model, example_input)
+    if kernels == "integer":
+        _require_integer_ready(model)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < QDQ_OPSET:
         raise ValueError(
             f"opset must be an int >= {QDQ_OPSET} (INT4 QuantizeLinear), got {opset!r}"
@@ -163,12 +224,13 @@ def export_onnx(
     onnx = _import_onnx()
     bits = {name: m.weight_bits for name, m in model.named_modules() if is_frozen_layer(m)}
     log = io.StringIO()
-    with _emitting_qdq(model), torch.no_grad(), contextlib.redirect_stdout(log):
+    with _exporting(model, kernels), torch.no_grad(), contextlib.redirect_stdout(log):
         program = torch.onnx.export(
             model, (example_input,), opset_version=opset, dynamo=True, external_data=False
         )
     proto = program.model_proto
-    _narrow_weight_codes(onnx, proto.graph, bits)
+    if kernels == "float":
+        _narrow_weight_codes(onnx, proto.graph, bits)
     _share_identical_initializers(onnx, proto.graph)
     for node in proto.graph.node:  # the exporter's debug notes: stack traces, local paths
         del node.metadata_props[:]
