@@ -1,6 +1,6 @@
 """Run the benchmarks and write their results under benchmarks/results/.
 
-Run: python -m benchmarks.run [--quick] [--only speed|accuracy]
+Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference]
 ``--quick`` is the short configuration (under 15 minutes on a 2-core CPU); without it, the
 full configuration (hours on a 2-core CPU). See benchmarks/README.md.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import accuracy, speed
+from . import accuracy, inference, speed
 from .float_cache import DEFAULT_CACHE_DIR
 from .models import MSRRESNET, SWINIR_S
 from .report import RESULTS_DIR, describe, machine, save
@@ -68,7 +68,9 @@ def run_accuracy(mode: str, results_dir: Path, cache_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short configuration")
-    parser.add_argument("--only", choices=("speed", "accuracy"), help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=("speed", "accuracy", "inference"), help="run one benchmark"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         print(written[-1].read_text())
     if args.only in (None, "speed"):
         written.append(run_speed(mode, args.results_dir, args.cpu_time))
+        print(written[-1].read_text())
+    if args.only == "inference":
+        written.append(inference.run(mode, args.results_dir))
         print(written[-1].read_text())
     print("wrote", ", ".join(str(path) for path in written))
 

@@ -1,4 +1,5 @@
-"""export_onnx(): QuantizeLinear/DequantizeLinear graphs that onnxruntime runs like PyTorch."""
+"""export_onnx(): integer-kernel graphs (the default) and QuantizeLinear/DequantizeLinear
+graphs (kernels="float") that onnxruntime runs like PyTorch."""
 
 import numpy as np
 import onnx  # the [onnx] extra; [test] and [dev] install it
@@ -9,6 +10,7 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
     arch,
     as_trained,
     eager_kernels,
+    lr_crops,
     lr_patches,
     small_msrresnet,
     small_swinir,
@@ -32,10 +34,10 @@ def run_onnx(path, x):
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
-def check_export(model, depth, tmp_path):
+def check_export(model, depth, tmp_path, **options):
     frozen = qsr_plugin.freeze(model, depth=depth)
     x = lr_patches("Set5", count=2, seed=3)
-    path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x)
+    path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x, **options)
     with torch.no_grad():
         expected = frozen(x).numpy()
     got = run_onnx(path, x)
@@ -43,6 +45,13 @@ def check_export(model, depth, tmp_path):
     difference = np.abs(got - expected)
     assert np.mean(difference <= CLOSE) >= WITHIN_CLOSE and difference.max() <= FAR
     return frozen, onnx.load(path)
+
+
+def op_counts(graph):
+    counts = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 def quantize_nodes(graph):
@@ -58,7 +67,7 @@ def code_initializers(graph):
 
 
 def test_four_bit_msrresnet_exports_int4_qdq_pairs(tmp_path):
-    frozen, model = check_export(as_trained(small_msrresnet(4)), 4, tmp_path)
+    frozen, model = check_export(as_trained(small_msrresnet(4)), 4, tmp_path, kernels="float")
     layers = [n for n, m in frozen.named_modules() if is_frozen_layer(m)]
     assert len(layers) == 8  # 4 active blocks x 2 convolutions
     assert len(quantize_nodes(model.graph)) == len(layers)
@@ -71,7 +80,7 @@ def test_four_bit_msrresnet_exports_int4_qdq_pairs(tmp_path):
 
 
 def test_two_bit_swinir_clips_to_the_two_bit_range_in_int4(tmp_path):
-    frozen, model = check_export(as_trained(small_swinir(2)), 2, tmp_path)
+    frozen, model = check_export(as_trained(small_swinir(2)), 2, tmp_path, kernels="float")
     quantizers = quantize_nodes(model.graph)
     assert len(quantizers) == sum(1 for m in frozen.modules() if is_frozen_layer(m))
     assert output_types(quantizers) <= {T.INT4, T.UINT4}
@@ -114,11 +123,16 @@ def test_identical_initializers_are_stored_once_and_the_graph_computes_the_same(
 @pytest.mark.slow
 def test_wider_codes_travel_as_int8_and_per_channel_steps_on_axis_0(tmp_path):
     _, model = check_export(
-        as_trained(small_swinir(method="lsq", weight_bits=5, act_bits=6)), 1, tmp_path
+        as_trained(small_swinir(method="lsq", weight_bits=5, act_bits=6)),
+        1,
+        tmp_path,
+        kernels="float",
     )
     assert output_types(quantize_nodes(model.graph)) <= {T.INT8, T.UINT8}
     assert {i.data_type for i in code_initializers(model.graph).values()} == {T.INT8}
-    _, model = check_export(as_trained(small_msrresnet(3, per_channel=True)), 8, tmp_path)
+    _, model = check_export(
+        as_trained(small_msrresnet(3, per_channel=True)), 8, tmp_path, kernels="float"
+    )
     weight_dq = [
         n
         for n in model.graph.node
@@ -141,3 +155,110 @@ def test_exporting_a_model_that_is_not_frozen_says_what_to_do(tmp_path):
     ):
         qsr_plugin.export_onnx(qsr_plugin.freeze(quantized), tmp_path / "m.onnx", x, opset=20)
     assert list(tmp_path.iterdir()) == []
+
+
+# Integer kernels (the default). On these convolution-only models the exported graph agrees
+# with PyTorch to float rounding: every value within 1e-5.
+EXACT = 1e-5
+
+
+def exact_export(model, depth, tmp_path, **options):
+    frozen = qsr_plugin.freeze(model, depth=depth)
+    x = lr_patches("Set5", count=2, seed=3)
+    path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x, **options)
+    with torch.no_grad():
+        expected = frozen(x).numpy()
+    return frozen, onnx.load(path), np.abs(run_onnx(path, x) - expected).max()
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_msrresnet_runs_every_quantized_conv_on_integer_kernels_exactly(tmp_path, bits):
+    frozen, model, difference = exact_export(as_trained(small_msrresnet(bits)), 4, tmp_path)
+    assert difference <= EXACT
+    counts = op_counts(model.graph)
+    # conv1 -> ReLU -> conv2's quantizer: QLinearConv writes conv2's codes; conv2's output
+    # joins the float residual, so it keeps int32 accumulation (ConvInteger).
+    assert counts["QLinearConv"] == 4 and counts["ConvInteger"] == 4
+    float_convs = counts.get("Conv", 0)
+    layers = sum(1 for m in frozen.modules() if isinstance(m, torch.nn.Conv2d))
+    assert float_convs == layers - 8  # the float head and tail only
+    weights = {i.name: i.data_type for i in model.graph.initializer}
+    assert not any(name.endswith(".weight") and "body" in name for name in weights)
+
+
+def test_shifts_and_signed_codes_survive_the_fusion(tmp_path):
+    model = as_trained(small_msrresnet(4))
+    with torch.no_grad():  # negative shifts: the ReLU floor moves to the shift's code
+        for name, parameter in model.named_parameters():
+            if name.endswith("conv2.act_quant.shift"):
+                parameter.copy_(torch.linspace(-0.3, 0.3, parameter.numel()).view_as(parameter))
+    _, _, difference = exact_export(model, 8, tmp_path)
+    assert difference <= EXACT
+
+
+def test_swinir_runs_every_quantized_linear_as_matmul_integer(tmp_path):
+    frozen, model = check_export(as_trained(small_swinir(4)), 4, tmp_path)
+    linears = sum(
+        1 for m in frozen.modules() if is_frozen_layer(m) and isinstance(m, torch.nn.Linear)
+    )
+    counts = op_counts(model.graph)
+    assert linears > 0 and counts["MatMulInteger"] == linears
+    assert counts.get("Gemm", 0) == 0
+
+
+def test_requantize_runs_the_residual_convs_as_qlinear_conv_too(tmp_path):
+    model = small_msrresnet(4)
+    with torch.no_grad():  # residual branches as large as a trained model's (init: x0.1)
+        for name, parameter in model.named_parameters():
+            if name.startswith("body.") and name.endswith(".weight"):
+                parameter.mul_(10)
+    model = as_trained(model)
+    _, exact_graph, exact = exact_export(model, 4, tmp_path)
+    _, graph, difference = exact_export(model, 4, tmp_path, requantize=True)
+    counts = op_counts(graph.graph)
+    assert counts["QLinearConv"] == 8 and "ConvInteger" not in counts
+    # Measured here: 3.8e-5 exact (one code moved by float rounding), 3.2e-5 requantized.
+    assert exact <= 1e-4 and difference < FAR
+
+
+def test_integer_export_refuses_layers_without_integer_operands(tmp_path):
+    x = lr_patches(count=1)
+    frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4, act_bits=32)), depth=4)
+    with pytest.raises(
+        ValueError, match=r"body\.0\.conv1, .* have float activations .*kernels='float'"
+    ):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x)
+    assert list(tmp_path.iterdir()) == []
+    qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x, kernels="float")
+
+
+def test_bad_export_options_and_inputs_name_the_fix(tmp_path):
+    frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=4)
+    x = lr_patches(count=1)
+    with pytest.raises(ValueError, match=r"kernels must be one of \('float', 'integer'\)"):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x, kernels="int8")
+    with pytest.raises(ValueError, match=r"requantize=True needs kernels='integer'"):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x, kernels="float", requantize=True)
+    with pytest.raises(
+        ValueError, match=r"shape \(1, 16, 16\); MSRResNet takes images of shape \(N, 3, H, W\)"
+    ):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x[0])
+    with pytest.raises(ValueError, match=r"takes images of shape \(N, 3, H, W\)"):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", x[:, :1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 2])
+def test_full_size_msrresnet_integer_graph_matches_freeze_above_60_db(tmp_path, bits):
+    model = arch("MSRResNet", num_feat=64, num_block=16, upscale=4)
+    model = as_trained(qsr_plugin.quantize(model, bits=bits, depth_variants=[16, 8]))
+    frozen = qsr_plugin.freeze(model, depth=16)
+    images = lr_crops("Set5", 64, 4)
+    path = qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", images[:1])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"x": image[None].numpy()})[0] for image in images])
+    with torch.no_grad():
+        expected = frozen(images).numpy()
+    mse = float(np.mean((got.astype(np.float64) - expected) ** 2))
+    assert 10 * np.log10(1 / mse) > 60 and np.abs(got - expected).max() < 1e-4

@@ -20,6 +20,8 @@ Three products, each exact in integers with one float rescale:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.onnx.ops import symbolic
 
@@ -111,20 +113,33 @@ def conv_integer(conv, codes, x_step, x_signed, weight_codes, weight_step, dtype
     return _rescale(accumulator, scale, conv.bias, (1, -1, 1, 1), dtype)
 
 
-def qlinear_conv(conv, codes, x_step, x_signed, weight_codes, weight_step, consumer, dtype):
-    """``QLinearConv`` whose output is ``consumer``'s UINT8 codes, returned dequantized.
+@dataclass(frozen=True)
+class RequantizedOutput:
+    """An 8-bit grid for a convolution's output that the model itself does not round to
+    (``export_onnx(requantize=True)``): signed codes, ``step = max|y| / 127`` measured on the
+    example input."""
 
-    ``consumer`` is the next layer's frozen input quantizer; its shift (if any) is added to
+    step: torch.Tensor
+    signed: bool = True
+    shift: torch.Tensor | None = None
+
+
+def qlinear_conv(conv, codes, x_step, x_signed, weight_codes, weight_step, output, dtype):
+    """``QLinearConv`` whose output is UINT8 codes of the ``output`` grid, returned
+    dequantized.
+
+    ``output`` is the next layer's frozen input quantizer (its shift, if any, is added to
     the bias, so the output is ``round((conv(x) + shift) / s_next)`` saturated to the 8-bit
-    container. The caller's consumer clips to its b-bit range and applies the ReLU floor.
+    container; that quantizer then clips to its b-bit range and applies the ReLU floor) or a
+    :class:`RequantizedOutput`.
     """
     scale = x_step * _per_channel(weight_step)
     bias = torch.zeros(conv.out_channels, dtype=scale.dtype) if conv.bias is None else conv.bias
-    if consumer.shift is not None:
-        bias = bias + consumer.shift.reshape(-1)
+    if output.shift is not None:
+        bias = bias + output.shift.reshape(-1)
     bias_codes = torch.round(bias / scale.expand(conv.out_channels)).to(torch.int32)
-    output_zero_point = activation_zero_point(consumer.signed)
-    output = symbolic(
+    output_zero_point = activation_zero_point(output.signed)
+    output_codes = symbolic(
         "QLinearConv",
         (
             codes,
@@ -135,7 +150,7 @@ def qlinear_conv(conv, codes, x_step, x_signed, weight_codes, weight_step, consu
             torch.zeros(conv.out_channels, dtype=torch.int8)
             if weight_step.dim() > 0
             else torch.tensor(0, dtype=torch.int8),
-            consumer.step,
+            output.step,
             output_zero_point,
             bias_codes,
         ),
@@ -144,7 +159,7 @@ def qlinear_conv(conv, codes, x_step, x_signed, weight_codes, weight_step, consu
         shape=_conv_output_shape(conv, codes.shape),
         version=QDQ_OPSET,
     )
-    return dequantize_codes(output, consumer.step, consumer.signed, dtype)
+    return dequantize_codes(output_codes, output.step, output.signed, dtype)
 
 
 def matmul_integer(linear, codes, x_step, x_signed, weight_codes, weight_step, dtype):

@@ -108,9 +108,10 @@ class _FrozenLayer:
         self.register_buffer("weight_step", None if codes is None else codes.step)
         self.input_quant = None if grid is None else FrozenActivationQuantizer(grid)
         self.export_kernels: str | None = None
-        # Set by export_onnx: the next layer's input quantizer that this layer's integer
-        # convolution writes codes for directly (see _integer_ops.qlinear_conv).
-        self.feeds: FrozenActivationQuantizer | None = None
+        # Set by export_onnx: the grid this layer's integer convolution rounds its output to
+        # (the next layer's input quantizer, or a requantized 8-bit grid); see
+        # _integer_ops.qlinear_conv.
+        self.output_grid = None
         self.eval()
 
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +148,8 @@ class FrozenQuantConv2d(_FrozenLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.export_kernels == "integer":
             operands = self._integer_operands(x)
-            if self.feeds is not None:
-                return _integer_ops.qlinear_conv(self, *operands, self.feeds, x.dtype)
+            if self.output_grid is not None:
+                return _integer_ops.qlinear_conv(self, *operands, self.output_grid, x.dtype)
             return _integer_ops.conv_integer(self, *operands, x.dtype)
         x, weight = self._operands(x)
         return self._conv_forward(x, weight, self.bias)

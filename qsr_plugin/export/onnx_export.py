@@ -35,9 +35,15 @@ from torch import nn
 
 from .._files import write_atomically
 from ..rewrite.quantize import quantization_record
+from ._integer_ops import RequantizedOutput
 from ._integer_plan import fused_convolutions
 from .freeze import frozen_record
-from .frozen_layers import EXPORT_KERNELS, FrozenActivationQuantizer, is_frozen_layer
+from .frozen_layers import (
+    EXPORT_KERNELS,
+    FrozenActivationQuantizer,
+    FrozenQuantConv2d,
+    is_frozen_layer,
+)
 from .qdq import QDQ_OPSET
 
 INT4_TYPES = {"INT4", "UINT4"}
@@ -115,28 +121,68 @@ def _require_input_shape(model: nn.Module, example_input) -> None:
         )
 
 
+def _requantized_grids(model, names, example_input) -> dict[str, RequantizedOutput]:
+    """8-bit output grids for the convolutions ``names``: ``max|y| / 127`` on the example."""
+    peaks: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, y, name=name: peaks.__setitem__(name, y.detach().abs().max())
+        )
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        name: RequantizedOutput(torch.clamp(peak, min=1e-8) / 127) for name, peak in peaks.items()
+    }
+
+
+def _output_grids(model, kernels, requantize, example_input) -> dict:
+    """The output grid of each frozen convolution that runs as QLinearConv, and the input
+    quantizers that receive codes written by a convolution (with the route)."""
+    if kernels != "integer":
+        return {}, {}
+    plan = fused_convolutions(model)
+    grids = {
+        name: model.get_submodule(consumer).input_quant for name, (consumer, _) in plan.items()
+    }
+    fed = {model.get_submodule(consumer).input_quant: route for consumer, route in plan.values()}
+    if requantize:
+        others = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, FrozenQuantConv2d) and name not in grids
+        ]
+        grids.update(_requantized_grids(model, others, example_input))
+    return grids, fed
+
+
 @contextlib.contextmanager
-def _exporting(model: nn.Module, kernels: str) -> Iterator[None]:
+def _exporting(model, kernels, requantize, example_input) -> Iterator[None]:
     """Switch every frozen module to emit ``kernels``' ONNX nodes, then back."""
     switches = [
         m for m in model.modules() if is_frozen_layer(m) or isinstance(m, FrozenActivationQuantizer)
     ]
-    plan = fused_convolutions(model) if kernels == "integer" else {}
-    fusions = [
-        (model.get_submodule(producer), model.get_submodule(consumer).input_quant, route)
-        for producer, (consumer, route) in plan.items()
-    ]
+    grids, fed = _output_grids(model, kernels, requantize, example_input)
     for module in switches:
         module.export_kernels = kernels
-    for producer, quantizer, route in fusions:
-        producer.feeds, quantizer.fed_codes = quantizer, route
+    for name, grid in grids.items():
+        model.get_submodule(name).output_grid = grid
+    for quantizer, route in fed.items():
+        quantizer.fed_codes = route
     try:
         yield
     finally:
         for module in switches:
             module.export_kernels = None
-        for producer, quantizer, _ in fusions:
-            producer.feeds, quantizer.fed_codes = None, None
+        for name in grids:
+            model.get_submodule(name).output_grid = None
+        for quantizer in fed:
+            quantizer.fed_codes = None
 
 
 def _narrow_weight_codes(onnx, graph, bits: dict[str, int]) -> None:
@@ -187,6 +233,7 @@ def export_onnx(
     example_input: torch.Tensor,
     *,
     kernels: str = "integer",
+    requantize: bool = False,
     opset: int = QDQ_OPSET,
 ) -> Path:
     """Write a frozen model as an ONNX file with QuantizeLinear/DequantizeLinear pairs.
@@ -217,6 +264,8 @@ def export_onnx(
     _require_input_shape(model, example_input)
     if kernels == "integer":
         _require_integer_ready(model)
+    elif requantize:
+        raise ValueError("requantize=True needs kernels='integer'")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < QDQ_OPSET:
         raise ValueError(
             f"opset must be an int >= {QDQ_OPSET} (INT4 QuantizeLinear), got {opset!r}"
@@ -224,7 +273,11 @@ def export_onnx(
     onnx = _import_onnx()
     bits = {name: m.weight_bits for name, m in model.named_modules() if is_frozen_layer(m)}
     log = io.StringIO()
-    with _exporting(model, kernels), torch.no_grad(), contextlib.redirect_stdout(log):
+    with (
+        _exporting(model, kernels, requantize, example_input),
+        torch.no_grad(),
+        contextlib.redirect_stdout(log),
+    ):
         program = torch.onnx.export(
             model, (example_input,), opset_version=opset, dynamo=True, external_data=False
         )
