@@ -51,7 +51,9 @@ def main() -> None:
             efficiency = qsr_plugin.report(model, input_size=(3, 256, 256))
             frozen = qsr_plugin.freeze(model, depth=depth)
             with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-                path = qsr_plugin.export_onnx(frozen, Path(folder) / "model.onnx", x)
+                path = qsr_plugin.export_onnx(
+                    frozen, Path(folder) / "model.onnx", x, kernels="float"
+                )
                 session = onnxruntime.InferenceSession(
                     str(path), providers=["CPUExecutionProvider"]
                 )

@@ -22,6 +22,7 @@ def weights(tmp_path):
     return model, qsr_plugin.save(model, tmp_path / "trained.safetensors")
 
 
+@pytest.mark.slow
 def test_export_writes_one_integer_graph_per_depth_and_prints_latencies(weights, tmp_path, capsys):
     model, path = weights
     out = tmp_path / "sr.onnx"

@@ -1,22 +1,35 @@
-"""``export_onnx()``: a frozen model as an ONNX graph with QuantizeLinear/DequantizeLinear pairs.
+"""``export_onnx()``: a frozen model as an ONNX graph that ONNX Runtime runs on integer kernels.
 
-In the graph, each quantized layer reads its input through ``Add(tau)`` (when the quantizer
-learns a shift), ``QuantizeLinear``/``DequantizeLinear`` with the learned step as scale and
-zero point 0, and its weight through ``DequantizeLinear`` from an integer initializer holding
-the codes (INT4 at 2-4 bits, INT8 at 5-8 bits; per-channel steps on axis 0). See
-:mod:`qsr_plugin.export.qdq` for the storage types and the Clip used below 4 and 8 bits.
+``kernels="integer"`` (the default): each quantized layer's input becomes UINT8 codes
+(``Add(tau)``, a Clip below 8 bits, ``QuantizeLinear``) and the layer an integer product of
+those codes and its int8 weight codes (see :mod:`._integer_ops`):
+
+* a Conv2d whose output reaches the next quantized layer's input quantizer alone (directly or
+  through a ReLU, as in every residual block's ``conv1 -> ReLU -> conv2``) runs as
+  ``QLinearConv`` writing that quantizer's codes: the model rounds there anyway, so this is
+  exact up to float rounding and the int32 bias (found by ``torch.fx``, see
+  :mod:`._integer_plan`);
+* every other Conv2d runs as ``ConvInteger`` with int32 accumulation and one float rescale
+  (exact; ONNX Runtime 1.32's ConvInteger is slower than its float Conv on an x86 CPU, see
+  docs/deployment.md); ``requantize=True`` runs them as ``QLinearConv`` onto an 8-bit grid
+  measured on the example input instead (faster; changes the output);
+* a Linear runs as ``MatMulInteger`` plus the rescale, which ONNX Runtime fuses into its
+  ``MatMulIntegerToFloat`` kernel. SwinIR's attention products (``q @ k^T``, ``attn @ v``)
+  stay float.
+
+``kernels="float"``: QuantizeLinear/DequantizeLinear pairs around the float kernels, for
+runtimes without integer kernels: each input through ``Add(tau)``, QuantizeLinear/
+DequantizeLinear (INT4/UINT4 at 2-4 bits, INT8/UINT8 at 5-8), each weight through
+DequantizeLinear from INT4/INT8 codes (see :mod:`qsr_plugin.export.qdq`).
+
 Everything else is the model's float graph as ``torch.onnx.export`` (dynamo) writes it, with
 identical constants stored once (SwinIR repeats its attention mask in every shifted block) and
-without the exporter's per-node debug notes (stack traces with local file paths, about half
-of a SwinIR_S file).
+without the exporter's per-node debug notes (stack traces with local file paths).
 
 onnxruntime computes LayerNorm, softmax and GELU with other kernels than PyTorch; where such a
 difference of about 1e-7 moves an activation across a rounding boundary, one code changes and
-the output moves by about that step's effect. Measured on SwinIR_S (4-bit, depth 4, a 64x64
-Set14 crop): 1.1% of output values differ by more than 1e-4, at most by 0.011 (73.7 dB PSNR
-between the two outputs); at 2 bits 1.2%, at most 0.025 (66.5 dB). MSRResNet (convolutions
-only) agrees to 2e-7. The tests' tolerance: at least 98% of the output values within 1e-4 of
-PyTorch's, all within 0.05 (images in [0, 1]).
+the output moves by about that step's effect (measured in docs/deployment.md). The tests'
+tolerance: at least 98% of the output values within 1e-4 of PyTorch's, all within 0.05.
 
 Requires the optional dependencies ``onnx`` and ``onnxscript`` (``pip install
 'qsr-plugin[onnx]'``, which also brings ``onnxruntime`` to run the result).
@@ -236,7 +249,7 @@ def export_onnx(
     requantize: bool = False,
     opset: int = QDQ_OPSET,
 ) -> Path:
-    """Write a frozen model as an ONNX file with QuantizeLinear/DequantizeLinear pairs.
+    """Write a frozen model as an ONNX file (integer kernels by default; see the module doc).
 
     The graph is traced for ``example_input``'s shape (SwinIR bakes its attention masks for
     that size). The file is written atomically.
@@ -244,15 +257,23 @@ def export_onnx(
     Args:
         model: a model made by :func:`qsr_plugin.freeze`.
         path: the ``.onnx`` file to write; its directory must exist.
-        example_input: an input batch of the shape the graph will take.
+        example_input: an input batch ``(N, C, H, W)`` of the shape the graph will take.
+        kernels: ``"integer"`` (integer convolutions and matrix products) or ``"float"``
+            (QuantizeLinear/DequantizeLinear around float kernels).
+        requantize: with integer kernels, also run the convolutions whose output the model
+            keeps in float as QLinearConv onto an 8-bit grid (``max|y| / 127`` on
+            ``example_input``; larger outputs saturate). Faster, not exact: opt in.
         opset: ONNX opset, 21 or above (INT4 QuantizeLinear needs 21).
 
     Returns:
         ``path`` as a Path.
 
     Raises:
-        ValueError: the model is not frozen (never quantized, or not frozen yet), or the
-            opset is below 21.
+        ValueError: the model is not frozen (never quantized, or not frozen yet); with
+            integer kernels, a layer with float activations or weights or a non-zero padding
+            mode (the message names the layers); an example input that is not
+            ``(N, C, H, W)`` with the model's channels; an unknown ``kernels``; the opset
+            is below 21.
         ImportError: onnx or onnxscript is not installed.
 
     Example:
