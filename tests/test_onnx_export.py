@@ -1,6 +1,9 @@
 """export_onnx(): integer-kernel graphs (the default) and QuantizeLinear/DequantizeLinear
 graphs (kernels="float") that onnxruntime runs like PyTorch."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx  # the [onnx] extra; [test] and [dev] install it
 import onnxruntime as ort
@@ -267,3 +270,22 @@ def test_full_size_msrresnet_integer_graph_matches_freeze_above_60_db(tmp_path, 
         expected = frozen(images).numpy()
     mse = float(np.mean((got.astype(np.float64) - expected) ** 2))
     assert 10 * np.log10(1 / mse) > 60 and np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_a_missing_onnx_dependency_names_the_extra_to_install(tmp_path, monkeypatch, missing):
+    frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=4)
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
+    with pytest.raises(ImportError, match=r"install them with: pip install 'qsr-plugin\[onnx\]'"):
+        qsr_plugin.export_onnx(frozen, tmp_path / "m.onnx", lr_patches(count=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qsr_export_without_onnxruntime_names_the_extra(tmp_path, monkeypatch, capsys):
+    from qsr_plugin.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    recipe = Path(__file__).parent / "fixtures" / "recipes" / "quantsr_c_x4_small.yml"
+    arguments = ["export", "-opt", str(recipe), "--weights", "w.safetensors", "--out", "m.onnx"]
+    assert main(arguments) == 2
+    assert "install it with: pip install 'qsr-plugin[onnx]'" in capsys.readouterr().err
