@@ -29,6 +29,7 @@ from .qdq import ONNX_UINT8, QDQ_OPSET
 
 ONNX_INT32 = 6
 SIGNED_ZERO_POINT = 128
+WEIGHT_CODE_LIMIT = 64
 
 
 def activation_zero_point(signed: bool) -> torch.Tensor:
@@ -66,8 +67,8 @@ def dequantize_codes(codes, step, signed, dtype) -> torch.Tensor:
     )
 
 
-def _conv_attributes(conv: torch.nn.Conv2d) -> dict:
-    pad_h, pad_w = conv.padding
+def _conv_attributes(conv: torch.nn.Conv2d, padded: bool = False) -> dict:
+    pad_h, pad_w = (0, 0) if padded else conv.padding
     return {
         "dilations": list(conv.dilation),
         "group": conv.groups,
@@ -101,16 +102,51 @@ def conv_integer(conv, codes, x_step, x_signed, weight_codes, weight_step, dtype
     then ``(acc * s_x * s_w) + bias`` in float."""
     shape = _conv_output_shape(conv, codes.shape)
     weights = (weight_codes.to(torch.int16) + SIGNED_ZERO_POINT).to(torch.uint8)
+    # ONNX Runtime's ConvInteger pads with the value 0, not with the zero point: signed codes
+    # (zero point 128) get an explicit Pad with 128, the code of 0.
+    padded = x_signed and any(conv.padding)
+    if padded:
+        pad_h, pad_w = conv.padding
+        codes = torch.nn.functional.pad(
+            codes, (pad_w, pad_w, pad_h, pad_h), value=SIGNED_ZERO_POINT
+        )
     accumulator = symbolic(
         "ConvInteger",
         (codes, weights, activation_zero_point(x_signed), activation_zero_point(True)),
-        _conv_attributes(conv),
+        _conv_attributes(conv, padded),
         dtype=ONNX_INT32,
         shape=shape,
         version=QDQ_OPSET,
     )
     scale = x_step * _per_channel(weight_step)
     return _rescale(accumulator, scale, conv.bias, (1, -1, 1, 1), dtype)
+
+
+def _finer_weight_codes(conv, weight_codes, weight_step):
+    """Weight codes times k, step divided by k (the same weight): the int32 bias grid
+    ``s_x * s_w / k`` gets k times finer. k keeps the codes within +-64, where u8 x s8 kernels
+    without VNNI do not saturate their 16-bit pair sums."""
+    k = max(1, WEIGHT_CODE_LIMIT // 2 ** (conv.weight_bits - 1))
+    return (weight_codes.to(torch.int16) * k).to(torch.int8), weight_step / k
+
+
+def int32_bias(conv, x_step, weight_step, output) -> tuple[torch.Tensor, torch.Tensor]:
+    """QLinearConv's int32 bias for ``conv``'s bias plus ``output``'s shift, and how far its
+    rounding moves the value before ``output``'s rounding, at most, in ``output`` steps."""
+    scale = (x_step * _per_channel(weight_step)).expand(conv.out_channels)
+    bias = torch.zeros(conv.out_channels, dtype=scale.dtype) if conv.bias is None else conv.bias
+    if output.shift is not None:
+        bias = bias + output.shift.reshape(-1)
+    exact = bias / scale
+    codes = torch.round(exact)
+    error = ((exact - codes).abs() * scale / output.step).max()
+    return codes.to(torch.int32), error
+
+
+def bias_rounding_error(conv, output) -> float:
+    """:func:`int32_bias`'s error for a frozen conv writing ``output``'s codes."""
+    _, weight_step = _finer_weight_codes(conv, conv.weight_codes, conv.weight_step)
+    return float(int32_bias(conv, conv.input_quant.step, weight_step, output)[1])
 
 
 @dataclass(frozen=True)
@@ -133,11 +169,8 @@ def qlinear_conv(conv, codes, x_step, x_signed, weight_codes, weight_step, outpu
     container; that quantizer then clips to its b-bit range and applies the ReLU floor) or a
     :class:`RequantizedOutput`.
     """
-    scale = x_step * _per_channel(weight_step)
-    bias = torch.zeros(conv.out_channels, dtype=scale.dtype) if conv.bias is None else conv.bias
-    if output.shift is not None:
-        bias = bias + output.shift.reshape(-1)
-    bias_codes = torch.round(bias / scale.expand(conv.out_channels)).to(torch.int32)
+    weight_codes, weight_step = _finer_weight_codes(conv, weight_codes, weight_step)
+    bias_codes, _ = int32_bias(conv, x_step, weight_step, output)
     output_zero_point = activation_zero_point(output.signed)
     output_codes = symbolic(
         "QLinearConv",

@@ -14,6 +14,7 @@ passes the fused codes unchanged); its shift is handled by the consumer (see
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -69,14 +70,15 @@ def fused_convolutions(model: nn.Module) -> dict[str, tuple[str, str]]:
         graph_module = fx.GraphModule(model, _FrozenLeafTracer().trace(model))
     except Exception:  # noqa: BLE001  (any untraceable model: no fusion, still exact)
         return {}
+    calls = Counter(n.target for n in graph_module.graph.nodes if n.op == "call_module")
     plan = {}
     for node in graph_module.graph.nodes:
-        if node.op != "call_module":
+        if node.op != "call_module" or calls[node.target] > 1:
             continue
         layer = graph_module.get_submodule(node.target)
         if not isinstance(layer, FrozenQuantConv2d) or layer.input_quant is None:
             continue
         consumer = _consumer(graph_module, node)
-        if consumer is not None:
+        if consumer is not None and calls[consumer[0]] == 1:  # a layer run twice: not fused
             plan[node.target] = consumer
     return plan

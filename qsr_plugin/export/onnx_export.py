@@ -48,7 +48,7 @@ from torch import nn
 
 from .._files import write_atomically
 from ..rewrite.quantize import quantization_record
-from ._integer_ops import RequantizedOutput
+from ._integer_ops import RequantizedOutput, bias_rounding_error
 from ._integer_plan import fused_convolutions
 from .freeze import frozen_record
 from .frozen_layers import (
@@ -60,6 +60,9 @@ from .frozen_layers import (
 from .qdq import QDQ_OPSET
 
 INT4_TYPES = {"INT4", "UINT4"}
+# A convolution writes the next layer's codes (QLinearConv) only where rounding its bias to
+# int32 moves the value before that layer's rounding by at most this fraction of a step.
+FUSED_BIAS_TOLERANCE = 1e-3
 
 
 def _require_frozen(model: nn.Module) -> None:
@@ -139,7 +142,9 @@ def _requantized_grids(model, names, example_input) -> dict[str, RequantizedOutp
     peaks: dict[str, torch.Tensor] = {}
     hooks = [
         model.get_submodule(name).register_forward_hook(
-            lambda _m, _i, y, name=name: peaks.__setitem__(name, y.detach().abs().max())
+            lambda _m, _i, y, name=name: peaks.__setitem__(
+                name, torch.maximum(peaks.get(name, y.new_zeros(())), y.detach().abs().max())
+            )
         )
         for name in names
     ]
@@ -159,11 +164,17 @@ def _output_grids(model, kernels, requantize, example_input) -> dict:
     quantizers that receive codes written by a convolution (with the route)."""
     if kernels != "integer":
         return {}, {}
-    plan = fused_convolutions(model)
-    grids = {
-        name: model.get_submodule(consumer).input_quant for name, (consumer, _) in plan.items()
+    plan = {
+        producer: (model.get_submodule(consumer).input_quant, route)
+        for producer, (consumer, route) in fused_convolutions(model).items()
     }
-    fed = {model.get_submodule(consumer).input_quant: route for consumer, route in plan.values()}
+    plan = {  # fused only where the int32 bias cannot move a code (see FUSED_BIAS_TOLERANCE)
+        producer: (quantizer, route)
+        for producer, (quantizer, route) in plan.items()
+        if bias_rounding_error(model.get_submodule(producer), quantizer) <= FUSED_BIAS_TOLERANCE
+    }
+    grids = {producer: quantizer for producer, (quantizer, _) in plan.items()}
+    fed = {quantizer: route for quantizer, route in plan.values()}
     if requantize:
         others = [
             name
