@@ -181,9 +181,11 @@ def test_msrresnet_runs_every_quantized_conv_on_integer_kernels_exactly(tmp_path
     frozen, model, difference = exact_export(as_trained(small_msrresnet(bits)), 4, tmp_path)
     assert difference <= EXACT
     counts = op_counts(model.graph)
-    # conv1 -> ReLU -> conv2's quantizer: QLinearConv writes conv2's codes; conv2's output
-    # joins the float residual, so it keeps int32 accumulation (ConvInteger).
-    assert counts["QLinearConv"] == 4 and counts["ConvInteger"] == 4
+    # conv1 -> ReLU -> conv2's quantizer: QLinearConv writes conv2's codes where the int32
+    # bias allows (1 to 4 of the 4 conv1s here, by their shifts); conv2's output joins the
+    # float residual, so it keeps int32 accumulation (ConvInteger).
+    assert counts.get("QLinearConv", 0) >= 1
+    assert counts.get("QLinearConv", 0) + counts["ConvInteger"] == 8
     float_convs = counts.get("Conv", 0)
     layers = sum(1 for m in frozen.modules() if isinstance(m, torch.nn.Conv2d))
     assert float_convs == layers - 8  # the float head and tail only

@@ -61,8 +61,10 @@ from .qdq import QDQ_OPSET
 
 INT4_TYPES = {"INT4", "UINT4"}
 # A convolution writes the next layer's codes (QLinearConv) only where rounding its bias to
-# int32 moves the value before that layer's rounding by at most this fraction of a step.
-FUSED_BIAS_TOLERANCE = 1e-3
+# int32 moves the value before that layer's rounding by at most this fraction of a step: a
+# code can then change only where the value lies that close to a rounding boundary (trained
+# 64-channel MSRResNet blocks measure 2e-3 to 3.5e-3; a fresh 8-channel conv 5e-2).
+FUSED_BIAS_TOLERANCE = 5e-3
 
 
 def _require_frozen(model: nn.Module) -> None:
