@@ -260,7 +260,7 @@ def report(
     Example:
         ``print(qsr_plugin.report(model, input_size=(3, 256, 256)))``
     """
-    require_quantized(model, "report()")
+    model = require_quantized(model, "report()")
     if not (
         isinstance(input_size, tuple | list)
         and input_size

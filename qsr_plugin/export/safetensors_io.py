@@ -159,7 +159,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     Example:
         ``qsr_plugin.save(model, "quantsr_c_x4_w4.safetensors")``
     """
-    require_quantized(model, "save()")
+    model = require_quantized(model, "save()")
     require_deployable(model, "save()")
     return write_atomically(path, _serialise(model))
 
@@ -243,7 +243,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         ``qsr_plugin.load("quantsr_c_x4_w4.safetensors", quantized_model)``
     """
     path = Path(path)
-    require_quantized(model, "load()")
+    wrapper, model = model, require_quantized(model, "load()")
     metadata, tensors = _read(path)
     _check_compatible(metadata, model, path)
     current = model.state_dict()
@@ -278,4 +278,4 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 "architecture settings it was saved with"
             )
     model.load_state_dict(state, strict=True)
-    return model
+    return wrapper

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
 from ..layers import FLOAT_TO_QUANTIZED
@@ -42,8 +43,12 @@ class QuantizationRecord:
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
-    """The record :func:`quantize` left on ``model``, or None for a model it did not touch."""
-    return model.__dict__.get(RECORD_ATTRIBUTE)
+    """The record :func:`quantize` left on ``model``, or None for a model it did not touch.
+
+    ``model`` may be wrapped by ``torch.compile``, ``DataParallel`` or DDP (see
+    :func:`qsr_plugin._wrappers.unwrap`); the record is read from the model inside.
+    """
+    return unwrap(model).__dict__.get(RECORD_ATTRIBUTE)
 
 
 def default_example_input(model: nn.Module) -> torch.Tensor:
@@ -174,6 +179,7 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
+    wrapper, model = model, unwrap(model)
     if config is None:
         config = QuantizeConfig.from_dict(
             {"bits": bits, "depth_variants": depth_variants, **settings}
@@ -240,4 +246,4 @@ def quantize(
         quantized=selection.quantize,
         kept_float=selection.kept_float,
     )
-    return model
+    return wrapper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._wrappers import unwrap
 from ..layers import is_quantized_layer
 from ..quantizers import Quantizer
 from .analysis import COMPUTE_TYPES
@@ -40,6 +41,7 @@ def summary(model: nn.Module) -> str:
     Example:
         ``print(qsr_plugin.summary(model))``
     """
+    model = unwrap(model)
     record = quantization_record(model)
     if record is None:
         raise ValueError(
