@@ -268,9 +268,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 "the model with the settings it was saved with"
             )
         state[key] = current[key]
-    for key, target in _json_field(metadata, "aliases", path).items():
-        state[key] = tensors[target]
     state.update(tensors)
+    for key, target in _json_field(metadata, "aliases", path).items():
+        if target not in state:
+            raise ValueError(f"load(): {path}: alias {key} points to {target}, which is not stored")
+        state[key] = state[target]  # a tied tensor: stored once, maybe in the packed tables
     missing = sorted(set(current) - set(state))
     unexpected = sorted(set(state) - set(current))
     if missing or unexpected:

@@ -93,7 +93,7 @@ def _choose_body(model: nn.Module, analysis: ModelAnalysis, config: QuantizeConf
             f"depth_variants={list(config.depth_variants)} needs a repeated body, and "
             f"{type(model).__name__} has none (no Sequential/ModuleList of two or more "
             "same-class, shape-preserving blocks in a chain); omit depth_variants or name "
-            "the body with body=<module path>"
+            "the body with body=<module path> (the error then says why it is not a chain)"
         )
     return body
 
