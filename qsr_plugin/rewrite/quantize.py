@@ -16,6 +16,7 @@ from ..layers import FLOAT_TO_QUANTIZED
 from ._module_state import preserved_module_state
 from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
+from .coverage import observe, require_run
 from .depth import (
     DepthSwitchableModuleList,
     build_depth_switchable,
@@ -40,6 +41,7 @@ class QuantizationRecord:
     fx_error: str | None
     quantized: list[str]
     kept_float: dict[str, str] = field(default_factory=dict)
+    functional_calls: dict[str, str] = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
@@ -165,8 +167,10 @@ def quantize(
 
     Raises:
         TypeError: ``model`` is not an nn.Module.
-        ValueError: bad settings, an already quantized model, no layer to quantize, or a
-            body that cannot take depth variants; the message names the module or argument.
+        ValueError: bad settings, an already quantized model, no layer to quantize, a layer
+            to quantize that the forward does not run in training or eval mode (ECBSR's
+            re-parameterised eval path), or a body that cannot take depth variants; the
+            message names the module or argument.
 
     Example:
         >>> import qsr_plugin, torch
@@ -194,6 +198,8 @@ def quantize(
         )
     probe = default_example_input(model) if example_input is None else example_input
     analysis = _analyze(model, probe)
+    coverage = observe(model, probe)
+    float_layers = {n for n, m in model.named_modules() if isinstance(m, COMPUTE_TYPES)}
     body = _choose_body(model, analysis, config)
     scope = config.scope
     if scope == "body" and body is None:
@@ -222,6 +228,7 @@ def quantize(
                 f"(scope={scope!r}, include={list(config.include)}, "
                 f"exclude={list(config.exclude)}); widen the scope or the include patterns"
             )
+        require_run(coverage, selection.quantize, float_layers)
         spec = config.layer_spec()
         for path in selection.quantize:
             layer = model.get_submodule(path)
@@ -245,5 +252,6 @@ def quantize(
         fx_error=analysis.fx_error,
         quantized=selection.quantize,
         kept_float=selection.kept_float,
+        functional_calls=coverage.functional,
     )
     return wrapper

@@ -69,6 +69,9 @@ def summary(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if isinstance(module, COMPUTE_TYPES):
             lines.append(_layer_line(name, module, record.kept_float))
+    if record.functional_calls:
+        lines.append("computed outside Conv2d/Linear layers, so kept in float (module: calls):")
+        lines += [f"  {path}: {calls}" for path, calls in record.functional_calls.items()]
     total = sum(p.numel() for p in model.parameters())
     quantized_weights = sum(
         m.weight.numel() for m in model.modules() if is_quantized_layer(m) and m.weight_quant
