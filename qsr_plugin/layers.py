@@ -71,6 +71,14 @@ class _QuantizedLayer:
                 f"{type(layer).__name__} overrides {cls.FLOAT_TYPE.__name__}.forward, so a "
                 "quantized copy would change what it computes; exclude it from quantization"
             )
+        for role in ("weight", "bias"):
+            tensor = getattr(layer, role)
+            if tensor is not None and not isinstance(tensor, nn.Parameter):
+                raise ValueError(
+                    f"its {role} is a plain {type(tensor).__name__}, not an nn.Parameter, so it "
+                    f"would be neither trained nor shared; make it one (layer.{role} = "
+                    f"nn.Parameter(layer.{role})) or exclude the layer"
+                )
         if parametrize.is_parametrized(layer) or layer._forward_pre_hooks:
             raise ValueError(
                 f"this {cls.FLOAT_TYPE.__name__} has parametrizations or pre-forward hooks "

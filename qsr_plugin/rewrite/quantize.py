@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -100,6 +102,20 @@ def _choose_body(model: nn.Module, analysis: ModelAnalysis, config: QuantizeConf
     return body
 
 
+@contextlib.contextmanager
+def _naming(what: str, fix: str) -> Iterator[None]:
+    """Turn an unexpected error while rewriting ``what`` into one that names it and the fix."""
+    try:
+        yield
+    except ValueError:
+        raise  # the plugin's own errors name the module already
+    except Exception as error:
+        raise RuntimeError(
+            f"quantize(): rewriting {what} failed ({type(error).__name__}: {error}); the model "
+            f"is left as it was; {fix}"
+        ) from error
+
+
 def _install_depth_switching(
     model: nn.Module, body: Body, config: QuantizeConfig, swaps: ModuleSwaps, probe
 ) -> None:
@@ -171,6 +187,8 @@ def quantize(
             to quantize that the forward does not run in training or eval mode (ECBSR's
             re-parameterised eval path), or a body that cannot take depth variants; the
             message names the module or argument.
+        RuntimeError: replacing a layer or the body failed unexpectedly; the message names
+            the module and the fix, and the model is left unchanged.
 
     Example:
         >>> import qsr_plugin, torch
@@ -213,7 +231,8 @@ def quantize(
     swaps = ModuleSwaps(model)
     try:
         if config.depth_variants is not None:
-            _install_depth_switching(model, body, config, swaps, probe)
+            with _naming(f"body {body.path!r}", "omit depth_variants for this model"):
+                _install_depth_switching(model, body, config, swaps, probe)
         selection = select_layers(
             model,
             scope,
@@ -233,7 +252,10 @@ def quantize(
         for path in selection.quantize:
             layer = model.get_submodule(path)
             float_type = next(t for t in COMPUTE_TYPES if isinstance(layer, t))
-            swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
+            with _naming(
+                f"{path} ({type(layer).__name__})", f"keep it in float with exclude=[{path!r}]"
+            ):
+                swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
     except BaseException:
         swaps.undo()
         raise
