@@ -71,6 +71,12 @@ class _QuantizedLayer:
                 f"{type(layer).__name__} overrides {cls.FLOAT_TYPE.__name__}.forward, so a "
                 "quantized copy would change what it computes; exclude it from quantization"
             )
+        if parametrize.is_parametrized(layer) or layer._forward_pre_hooks:
+            raise ValueError(
+                f"this {cls.FLOAT_TYPE.__name__} has parametrizations or pre-forward hooks "
+                "(weight norm, spectral norm?), whose weight is computed on the fly; remove "
+                "them (e.g. torch.nn.utils.remove_weight_norm) or exclude the layer"
+            )
         for role in ("weight", "bias"):
             tensor = getattr(layer, role)
             if tensor is not None and not isinstance(tensor, nn.Parameter):
@@ -79,12 +85,6 @@ class _QuantizedLayer:
                     f"would be neither trained nor shared; make it one (layer.{role} = "
                     f"nn.Parameter(layer.{role})) or exclude the layer"
                 )
-        if parametrize.is_parametrized(layer) or layer._forward_pre_hooks:
-            raise ValueError(
-                f"this {cls.FLOAT_TYPE.__name__} has parametrizations or pre-forward hooks "
-                "(weight norm, spectral norm?), whose weight is computed on the fly; remove "
-                "them (e.g. torch.nn.utils.remove_weight_norm) or exclude the layer"
-            )
 
     def _adopt(self, layer: nn.Module) -> None:
         """Share ``layer``'s parameters, hooks and mode instead of copying them."""
