@@ -25,6 +25,7 @@ from .depth import (
     depth_switchable_bodies,
     plan_variants,
 )
+from .input_size import declared_input_size
 from .selection import select_layers
 from .transaction import ModuleSwaps
 
@@ -56,19 +57,21 @@ def quantization_record(model: nn.Module) -> QuantizationRecord | None:
 
 
 def default_example_input(model: nn.Module) -> torch.Tensor:
-    """A probe input: the model's declared input size (timm), else 1 x C x 64 x 64 images."""
+    """A probe input: the model's declared input size (see :mod:`.input_size`), else
+    1 x C x 64 x 64 images (rounded up to a multiple of ``model.window_size``)."""
     reference = next(model.parameters(), None)
     options = (
         {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
     )
-    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(config, dict) and "input_size" in config:
-        return torch.rand(1, *config["input_size"], **options)
+    declared = declared_input_size(model)
+    if declared is not None:
+        return torch.rand(1, *declared, **options)
     first = next((m for m in model.modules() if isinstance(m, COMPUTE_TYPES)), None)
     if not isinstance(first, nn.Conv2d):
         raise ValueError(
             f"cannot guess an input for {type(model).__name__} (its first layer is not a "
-            "Conv2d); pass example_input=<a tensor the model accepts>"
+            "Conv2d and it declares no input size); pass example_input=<a tensor the model "
+            "accepts>"
         )
     size = DEFAULT_PROBE_SIZE
     window = getattr(model, "window_size", None)
