@@ -77,6 +77,14 @@ class _QuantizedLayer:
                 "(weight norm, spectral norm?), whose weight is computed on the fly; remove "
                 "them (e.g. torch.nn.utils.remove_weight_norm) or exclude the layer"
             )
+        for role in ("weight", "bias"):
+            tensor = getattr(layer, role)
+            if tensor is not None and not isinstance(tensor, nn.Parameter):
+                raise ValueError(
+                    f"its {role} is a plain {type(tensor).__name__}, not an nn.Parameter, so it "
+                    f"would be neither trained nor shared; make it one (layer.{role} = "
+                    f"nn.Parameter(layer.{role})) or exclude the layer"
+                )
 
     def _adopt(self, layer: nn.Module) -> None:
         """Share ``layer``'s parameters, hooks and mode instead of copying them."""

@@ -35,11 +35,13 @@ from .export.quantized_layers import quantized_layers, require_quantized
 from .export.safetensors_io import save, unique_state
 from .quantizers import quantizers_of
 from .rewrite.depth import depth_switchable_bodies
+from .rewrite.input_size import fixed_input_size
 from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
 from .rewrite.transaction import ModuleSwaps
 from .rewrite.variants import use_depth
 
 FLOAT_BITS = 32
+DEFAULT_INPUT_SIZE = (3, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -235,15 +237,26 @@ def _file_sizes(model: nn.Module, float_model: nn.Module, folder: Path) -> FileS
     return FileSizes(saved.stat().st_size, float_path.stat().st_size, b32_limit(model))
 
 
+def _count(model: nn.Module, input_size: tuple[int, ...], name: str) -> ForwardCost:
+    try:
+        return count_forward(model, input_size)
+    except Exception as error:
+        raise ValueError(
+            f"report(): {name} did not run on an input of size {'x'.join(map(str, input_size))} "
+            f"({type(error).__name__}: {error}); pass input_size=(C, H, W) that it accepts"
+        ) from error
+
+
 def report(
-    model: nn.Module, input_size: tuple[int, ...] = (3, 256, 256), saved_file: bool = True
+    model: nn.Module, input_size: tuple[int, ...] | None = None, saved_file: bool = True
 ) -> EfficiencyReport:
     """Parameters and operations per depth variant and for the float model (Table 2 layout).
 
     Args:
         model: a model quantized with :func:`qsr_plugin.quantize`.
-        input_size: one input's shape without the batch dimension (the paper: 3x256x256,
-            the low-resolution input).
+        input_size: one input's shape without the batch dimension; None for the size a
+            fixed-size model accepts (timm's ``patch_embed.img_size``), else 3x256x256 (the
+            paper's low-resolution input).
         saved_file: also :func:`qsr_plugin.save` the model to a temporary folder and report
             the real file size beside a float32 safetensors file of the float model (needs
             a calibrated or trained model).
@@ -252,15 +265,17 @@ def report(
         The report; ``print(report)`` shows it as a Markdown table.
 
     Raises:
-        ValueError: the model was never quantized, or ``input_size`` is not a tuple of
-            positive ints.
+        ValueError: the model was never quantized, ``input_size`` is not a tuple of
+            positive ints, or the model does not run on it.
         RuntimeError: with ``saved_file``, a quantizer was never initialised (pass
             ``saved_file=False`` to count only).
 
     Example:
         ``print(qsr_plugin.report(model, input_size=(3, 256, 256)))``
     """
-    require_quantized(model, "report()")
+    model = require_quantized(model, "report()")
+    if input_size is None:
+        input_size = fixed_input_size(model) or DEFAULT_INPUT_SIZE
     if not (
         isinstance(input_size, tuple | list)
         and input_size
@@ -277,17 +292,17 @@ def report(
     depths = bodies[0][1].depth_variants if bodies else [None]
     for depth in depths:
         if depth is None:
-            cost = count_forward(twin.model, input_size)
+            cost = _count(twin.model, input_size, type(model).__name__)
             blocks = record.body.depth if record.body else None
         else:
             with use_depth(twin.model, depth):
-                cost = count_forward(twin.model, input_size)
+                cost = _count(twin.model, input_size, type(model).__name__)
             blocks = depth
         params, ops = twin.weighted(cost)
         bits = _bits_text(spec.weight_bits, spec.act_bits)
         rows.append(EfficiencyRow(label, bits, blocks, params, ops, float(cost.product_macs)))
     twin.restore_float_bodies()
-    float_cost = count_forward(twin.model, input_size)
+    float_cost = _count(twin.model, input_size, type(model).__name__)
     float_row = EfficiencyRow(
         "float",
         _bits_text(FLOAT_BITS, FLOAT_BITS),

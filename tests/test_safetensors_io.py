@@ -212,8 +212,26 @@ def test_a_file_from_another_plugin_version_names_the_version(tmp_path, monkeypa
 
 def test_edited_metadata_fails_the_checksum(saved_swinir):
     rewrite_metadata(saved_swinir, aliases="{}  ")
-    with pytest.raises(ValueError, match="is corrupted: its tensors or metadata do not match"):
+    with pytest.raises(
+        ValueError, match="is corrupted: its tensors, tensor entries .* or metadata do not match"
+    ):
         qsr_plugin.load(saved_swinir, small_swinir(4))
+
+
+def test_swapped_offsets_of_two_same_shape_tensors_fail_the_checksum(tmp_path):
+    path = qsr_plugin.save(as_trained(small_msrresnet(4)), tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    first, second = header["body.0.conv1.bias"], header["body.0.conv2.bias"]
+    assert first["shape"] == second["shape"] and first["dtype"] == second["dtype"]
+    first["data_offsets"], second["data_offsets"] = second["data_offsets"], first["data_offsets"]
+    edited = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(edited)) + edited + raw[8 + size :])
+    before, after = safetensors.torch.load(raw), safetensors.torch.load_file(path)
+    assert torch.equal(after["body.0.conv1.bias"], before["body.0.conv2.bias"])  # a valid file
+    with pytest.raises(ValueError, match=r"m\.safetensors is corrupted: .*offsets"):
+        qsr_plugin.load(path, small_msrresnet(4))
 
 
 def test_a_truncated_file_is_a_clear_error(saved_swinir):

@@ -95,7 +95,7 @@ def freeze(model: nn.Module, depth: int | None = None) -> nn.Module:
     Example:
         ``fast = qsr_plugin.freeze(model, depth=16); sr = fast(lr)``
     """
-    require_quantized(model, "freeze()")
+    model = require_quantized(model, "freeze()")
     require_deployable(model, "freeze()")
     depth = _chosen_depth(model, depth)
     config = quantization_record(model).config

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._wrappers import unwrap
 from ..layers import is_quantized_layer
 from ..quantizers import LearnedStepActivationQuantizer, LearnedStepWeightQuantizer
 from ..quantizers.learned_step import code_range
@@ -28,15 +29,17 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if is_quantized_layer(m)]
 
 
-def require_quantized(model: nn.Module, caller: str) -> None:
-    """Raise unless ``model`` was quantized with :func:`qsr_plugin.quantize`."""
+def require_quantized(model: nn.Module, caller: str) -> nn.Module:
+    """``model`` without its wrappers (``unwrap``); raise unless it was quantized."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{caller} needs a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     if quantization_record(model) is None:
         raise ValueError(
             f"{caller}: {type(model).__name__} was never quantized; call "
             "qsr_plugin.quantize(model, ...) and calibrate or train it first"
         )
+    return model
 
 
 def require_deployable(model: nn.Module, caller: str) -> None:

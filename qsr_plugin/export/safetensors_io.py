@@ -13,7 +13,8 @@ What the file holds (``save``):
 - metadata (JSON strings): the file format and version, the plugin version, the quantization
   (config, body, depth variants and their blocks, per-layer specs; see
   :mod:`qsr_plugin.export.model_description`), the aliases and digests, and a SHA-256 of the
-  other metadata and the data section.
+  whole header (every tensor's name, dtype, shape and offsets, and the other metadata) and
+  the data section.
 
 Loading unpacks the codes and sets each quantized weight to ``codes * step``: the quantized
 layer then computes exactly what it computed before saving (the latent float weights of
@@ -41,7 +42,7 @@ from .model_description import describe, differences
 from .quantized_layers import require_deployable, require_quantized
 
 FORMAT = "qsr_plugin.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the tensor entries of the header
 CHECKSUM_KEY = "sha256"
 COMPACT = (",", ":")
 DERIVED_BUFFER_NAMES = ("relative_position_index*", "attn_mask", "relative_coords_table")
@@ -70,10 +71,16 @@ def derived_buffer_keys(model: nn.Module) -> set[str]:
     }
 
 
-def _checksum(metadata: dict[str, str], data: bytes) -> str:
-    """SHA-256 of the metadata (without the checksum) and the data section."""
-    fields = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
-    hasher = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+def _checksum(header: dict[str, Any], data: bytes) -> str:
+    """SHA-256 of the whole header but the checksum itself, then the data section.
+
+    The header is every tensor's entry (name, dtype, shape, data_offsets) and the metadata,
+    so an edit anywhere in the file (swapped offsets included) changes the checksum.
+    """
+    metadata = header.get("__metadata__") or {}
+    covered = {k: v for k, v in header.items() if k != "__metadata__"}
+    covered["__metadata__"] = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    hasher = hashlib.sha256(json.dumps(covered, sort_keys=True).encode())
     hasher.update(data)
     return hasher.hexdigest()
 
@@ -134,9 +141,9 @@ def _serialise(model: nn.Module) -> bytes:
         "aliases": json.dumps(aliases, separators=COMPACT),
         "derived_buffers": json.dumps(digests, separators=COMPACT),
     }
-    _, data = _data_section(safetensors.torch.save(tensors, metadata))
-    metadata[CHECKSUM_KEY] = _checksum(metadata, data)
-    return safetensors.torch.save(tensors, metadata)
+    header, data = _data_section(safetensors.torch.save(tensors, metadata))
+    metadata[CHECKSUM_KEY] = _checksum(header, data)
+    return safetensors.torch.save(tensors, metadata)  # same tensors, so the same entries
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -159,7 +166,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     Example:
         ``qsr_plugin.save(model, "quantsr_c_x4_w4.safetensors")``
     """
-    require_quantized(model, "save()")
+    model = require_quantized(model, "save()")
     require_deployable(model, "save()")
     return write_atomically(path, _serialise(model))
 
@@ -186,10 +193,11 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             f"load(): format_version: {path} has {metadata.get('format_version')!r}, this "
             f"qsr_plugin reads {FORMAT_VERSION}; use the qsr_plugin version that wrote it"
         )
-    if _checksum(metadata, data) != metadata.get(CHECKSUM_KEY):
+    if _checksum(header, data) != metadata.get(CHECKSUM_KEY):
         raise ValueError(
-            f"load(): {path} is corrupted: its tensors or metadata do not match the checksum "
-            "written with them; save the model again"
+            f"load(): {path} is corrupted: its tensors, tensor entries (names, dtypes, shapes, "
+            "offsets) or metadata do not match the checksum written with them; save the model "
+            "again"
         )
     return metadata, tensors
 
@@ -243,7 +251,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         ``qsr_plugin.load("quantsr_c_x4_w4.safetensors", quantized_model)``
     """
     path = Path(path)
-    require_quantized(model, "load()")
+    wrapper, model = model, require_quantized(model, "load()")
     metadata, tensors = _read(path)
     _check_compatible(metadata, model, path)
     current = model.state_dict()
@@ -260,9 +268,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 "the model with the settings it was saved with"
             )
         state[key] = current[key]
-    for key, target in _json_field(metadata, "aliases", path).items():
-        state[key] = tensors[target]
     state.update(tensors)
+    for key, target in _json_field(metadata, "aliases", path).items():
+        if target not in state:
+            raise ValueError(f"load(): {path}: alias {key} points to {target}, which is not stored")
+        state[key] = state[target]  # a tied tensor: stored once, maybe in the packed tables
     missing = sorted(set(current) - set(state))
     unexpected = sorted(set(state) - set(current))
     if missing or unexpected:
@@ -278,4 +288,4 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 "architecture settings it was saved with"
             )
     model.load_state_dict(state, strict=True)
-    return model
+    return wrapper

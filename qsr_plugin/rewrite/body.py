@@ -43,6 +43,15 @@ def _chain_problem(container: nn.Module, path: str, analysis: ModelAnalysis) -> 
     classes = {type(child).__name__ for child in container.children()}
     if len(classes) > 1:
         return f"its children are of different classes ({', '.join(sorted(classes))})"
+    first_name = {}
+    for name, child in container._modules.items():
+        if id(child) in first_name:
+            return (
+                f"{path}.{first_name[id(child)]} and {path}.{name} are the same block object "
+                "(tied modules); build the body from separate blocks (copy.deepcopy each) to "
+                "give it depth variants"
+            )
+        first_name[id(child)] = name
     previous_output, previous_shape = None, None
     for name in names:
         child_path = f"{path}.{name}"

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
 from ..layers import FLOAT_TO_QUANTIZED
 from ._module_state import preserved_module_state
 from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
+from .coverage import observe, require_run
 from .depth import (
     DepthSwitchableModuleList,
     build_depth_switchable,
     depth_switchable_bodies,
     plan_variants,
 )
+from .input_size import declared_input_size
 from .selection import select_layers
 from .transaction import ModuleSwaps
 
@@ -39,27 +44,34 @@ class QuantizationRecord:
     fx_error: str | None
     quantized: list[str]
     kept_float: dict[str, str] = field(default_factory=dict)
+    functional_calls: dict[str, str] = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
-    """The record :func:`quantize` left on ``model``, or None for a model it did not touch."""
-    return model.__dict__.get(RECORD_ATTRIBUTE)
+    """The record :func:`quantize` left on ``model``, or None for a model it did not touch.
+
+    ``model`` may be wrapped by ``torch.compile``, ``DataParallel`` or DDP (see
+    :func:`qsr_plugin._wrappers.unwrap`); the record is read from the model inside.
+    """
+    return unwrap(model).__dict__.get(RECORD_ATTRIBUTE)
 
 
 def default_example_input(model: nn.Module) -> torch.Tensor:
-    """A probe input: the model's declared input size (timm), else 1 x C x 64 x 64 images."""
+    """A probe input: the model's declared input size (see :mod:`.input_size`), else
+    1 x C x 64 x 64 images (rounded up to a multiple of ``model.window_size``)."""
     reference = next(model.parameters(), None)
     options = (
         {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
     )
-    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(config, dict) and "input_size" in config:
-        return torch.rand(1, *config["input_size"], **options)
+    declared = declared_input_size(model)
+    if declared is not None:
+        return torch.rand(1, *declared, **options)
     first = next((m for m in model.modules() if isinstance(m, COMPUTE_TYPES)), None)
     if not isinstance(first, nn.Conv2d):
         raise ValueError(
             f"cannot guess an input for {type(model).__name__} (its first layer is not a "
-            "Conv2d); pass example_input=<a tensor the model accepts>"
+            "Conv2d and it declares no input size); pass example_input=<a tensor the model "
+            "accepts>"
         )
     size = DEFAULT_PROBE_SIZE
     window = getattr(model, "window_size", None)
@@ -88,9 +100,23 @@ def _choose_body(model: nn.Module, analysis: ModelAnalysis, config: QuantizeConf
             f"depth_variants={list(config.depth_variants)} needs a repeated body, and "
             f"{type(model).__name__} has none (no Sequential/ModuleList of two or more "
             "same-class, shape-preserving blocks in a chain); omit depth_variants or name "
-            "the body with body=<module path>"
+            "the body with body=<module path> (the error then says why it is not a chain)"
         )
     return body
+
+
+@contextlib.contextmanager
+def _naming(what: str, fix: str) -> Iterator[None]:
+    """Turn an unexpected error while rewriting ``what`` into one that names it and the fix."""
+    try:
+        yield
+    except ValueError:
+        raise  # the plugin's own errors name the module already
+    except Exception as error:
+        raise RuntimeError(
+            f"quantize(): rewriting {what} failed ({type(error).__name__}: {error}); the model "
+            f"is left as it was; {fix}"
+        ) from error
 
 
 def _install_depth_switching(
@@ -160,8 +186,12 @@ def quantize(
 
     Raises:
         TypeError: ``model`` is not an nn.Module.
-        ValueError: bad settings, an already quantized model, no layer to quantize, or a
-            body that cannot take depth variants; the message names the module or argument.
+        ValueError: bad settings, an already quantized model, no layer to quantize, a layer
+            to quantize that the forward does not run in training or eval mode (ECBSR's
+            re-parameterised eval path), or a body that cannot take depth variants; the
+            message names the module or argument.
+        RuntimeError: replacing a layer or the body failed unexpectedly; the message names
+            the module and the fix, and the model is left unchanged.
 
     Example:
         >>> import qsr_plugin, torch
@@ -174,6 +204,7 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
+    wrapper, model = model, unwrap(model)
     if config is None:
         config = QuantizeConfig.from_dict(
             {"bits": bits, "depth_variants": depth_variants, **settings}
@@ -188,6 +219,8 @@ def quantize(
         )
     probe = default_example_input(model) if example_input is None else example_input
     analysis = _analyze(model, probe)
+    coverage = observe(model, probe)
+    float_layers = {n for n, m in model.named_modules() if isinstance(m, COMPUTE_TYPES)}
     body = _choose_body(model, analysis, config)
     scope = config.scope
     if scope == "body" and body is None:
@@ -201,7 +234,8 @@ def quantize(
     swaps = ModuleSwaps(model)
     try:
         if config.depth_variants is not None:
-            _install_depth_switching(model, body, config, swaps, probe)
+            with _naming(f"body {body.path!r}", "omit depth_variants for this model"):
+                _install_depth_switching(model, body, config, swaps, probe)
         selection = select_layers(
             model,
             scope,
@@ -216,11 +250,15 @@ def quantize(
                 f"(scope={scope!r}, include={list(config.include)}, "
                 f"exclude={list(config.exclude)}); widen the scope or the include patterns"
             )
+        require_run(coverage, selection.quantize, float_layers)
         spec = config.layer_spec()
         for path in selection.quantize:
             layer = model.get_submodule(path)
             float_type = next(t for t in COMPUTE_TYPES if isinstance(layer, t))
-            swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
+            with _naming(
+                f"{path} ({type(layer).__name__})", f"keep it in float with exclude=[{path!r}]"
+            ):
+                swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
     except BaseException:
         swaps.undo()
         raise
@@ -239,5 +277,6 @@ def quantize(
         fx_error=analysis.fx_error,
         quantized=selection.quantize,
         kept_float=selection.kept_float,
+        functional_calls=coverage.functional,
     )
-    return model
+    return wrapper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._wrappers import unwrap
 from ..layers import is_quantized_layer
 from ..quantizers import Quantizer
 from .analysis import COMPUTE_TYPES
@@ -40,6 +41,7 @@ def summary(model: nn.Module) -> str:
     Example:
         ``print(qsr_plugin.summary(model))``
     """
+    model = unwrap(model)
     record = quantization_record(model)
     if record is None:
         raise ValueError(
@@ -67,6 +69,9 @@ def summary(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if isinstance(module, COMPUTE_TYPES):
             lines.append(_layer_line(name, module, record.kept_float))
+    if record.functional_calls:
+        lines.append("computed outside Conv2d/Linear layers, so kept in float (module: calls):")
+        lines += [f"  {path}: {calls}" for path, calls in record.functional_calls.items()]
     total = sum(p.numel() for p in model.parameters())
     quantized_weights = sum(
         m.weight.numel() for m in model.modules() if is_quantized_layer(m) and m.weight_quant

@@ -1,0 +1,53 @@
+"""A body that holds the same block object twice (tied modules): save, load, freeze, DQA."""
+
+import json
+
+import pytest
+import safetensors
+import torch
+from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+    arch,
+    as_trained,
+    eager_kernels,
+    lr_patches,
+)
+from torch import nn
+
+import qsr_plugin
+
+
+def tied_msrresnet(**settings):
+    """MSRResNet (16 features, 4 blocks, x4) whose body runs block 0 twice, then 2 and 3."""
+    model = arch("MSRResNet", num_feat=16, num_block=4, upscale=4)
+    blocks = list(model.body)
+    model.body = nn.Sequential(blocks[0], blocks[0], blocks[2], blocks[3])
+    return qsr_plugin.quantize(model, bits=4, **settings)
+
+
+def test_a_tied_block_is_saved_once_and_loads_back_bit_identically(tmp_path):
+    model = as_trained(tied_msrresnet())
+    path = qsr_plugin.save(model, tmp_path / "tied.safetensors")
+    with safetensors.safe_open(path, "pt") as file:
+        aliases = json.loads(file.metadata()["aliases"])
+        stored = set(file.keys())
+    assert aliases["body.1.conv1.weight"] == "body.0.conv1.weight"
+    assert not any(key.startswith("body.1.") for key in stored)
+    restored = qsr_plugin.load(path, tied_msrresnet()).eval()
+    assert restored.body[0] is restored.body[1]
+    x = lr_patches("Set5", count=2)
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+
+
+def test_freeze_keeps_the_tie_and_computes_what_the_model_computes():
+    model = as_trained(tied_msrresnet())
+    frozen = qsr_plugin.freeze(model)
+    assert frozen.body[0] is frozen.body[1]
+    x = lr_patches("Set5", count=2)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model(x))
+
+
+def test_depth_variants_on_a_tied_body_are_refused_naming_both_paths():
+    with pytest.raises(ValueError, match=r"body\.0 and body\.1 are the same block object"):
+        tied_msrresnet(depth_variants=[4, 2], body="body")
