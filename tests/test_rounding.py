@@ -170,14 +170,6 @@ def test_inference_without_gradients_gives_the_training_output():
     assert torch.equal(inferred, ((x + tau) / s).clamp(-8, 7).round() * s)
 
 
-@pytest.fixture
-def eager_kernels():
-    previous = compiled_kernels_enabled()
-    use_compiled_kernels(False)
-    yield
-    use_compiled_kernels(previous)
-
-
 def _initialised_quantizer(bits, shift, x):
     quantizer = LearnedStepActivationQuantizer(bits, x.shape[1], -3, shift=shift).train()
     quantizer(x.float())

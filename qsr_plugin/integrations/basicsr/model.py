@@ -13,7 +13,8 @@ Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it 
   variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``;
 - validation evaluates every variant; metrics are named ``<metric>@<depth>`` (``psnr@16``),
   each with its own best value, and saved images end in ``_depth<depth>``;
-- checkpoints and training states are written atomically, and DDP works on the CPU.
+- checkpoints and training states are written atomically; DDP (on the CPU too) is built
+  with ``static_graph=True``, whatever ``find_unused_parameters`` and the variants are.
 
 Without ``depth_variants`` there is one variant and the names are BasicSR's (``l_pix``,
 ``psnr``).
@@ -30,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from qsr_plugin import calibrate, quantize, summary, use_depth
 from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin._distributed import joint_training_ddp
 from qsr_plugin.config import QuantizeConfig
 from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
@@ -123,11 +124,16 @@ class QuantSRModel(SRModel):
 
     # -- building ------------------------------------------------------------------------
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """As BasicSR, plus DDP on the CPU (BasicSR passes a CUDA device id)."""
-        if self.opt["dist"] and self.device.type == "cpu":
-            find_unused = self.opt.get("find_unused_parameters", False)
-            return DistributedDataParallel(net.to(self.device), find_unused_parameters=find_unused)
-        return super().model_to_device(net)
+        """As BasicSR, but DDP with a static graph (each depth variant runs its own forward
+        before one backward; see :func:`qsr_plugin._distributed.joint_training_ddp`), and
+        DDP on the CPU too (BasicSR passes a CUDA device id)."""
+        if not self.opt["dist"]:
+            return super().model_to_device(net)
+        device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
+        find_unused = self.opt.get("find_unused_parameters", False)
+        return joint_training_ddp(
+            net.to(self.device), device_ids=device_ids, find_unused_parameters=find_unused
+        )
 
     def load_network(
         self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = "params"
