@@ -48,8 +48,9 @@ class FrozenActivationQuantizer(nn.Module):
         q_min, q_max = grid.code_range
         self.register_buffer("shift", grid.shift)
         self.register_buffer("step", grid.step)
-        self.register_buffer("q_min", torch.tensor(float(q_min), dtype=grid.step.dtype))
-        self.register_buffer("q_max", torch.tensor(float(q_max), dtype=grid.step.dtype))
+        like = {"dtype": grid.step.dtype, "device": grid.step.device}
+        self.register_buffer("q_min", torch.tensor(float(q_min), **like))
+        self.register_buffer("q_max", torch.tensor(float(q_max), **like))
         self.export_qdq = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
