@@ -106,7 +106,7 @@ def ddp_training_worker(rank: int, port: int, workdir: str, cases: list, results
         bare = model.get_bare_model(model.net_g)
         states[str((find_unused, variants))] = {
             "static_graph": model.net_g.static_graph,
-            "losses": sorted(model.log_dict),
+            "losses": sorted(model.get_current_log()),
             "initial": initial,
             "weights": bare.state_dict(),
         }
