@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibration import calibrate
+from .mixed_precision import MixedPrecision
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.variants import depth_variants, joint_variant_loss, use_depth
 from .sr_data import PatchSampler
@@ -76,18 +77,23 @@ def _run(
     loss_of_batch: LossFunction,
     callbacks: Sequence[Callback],
     special_lr: tuple[list[nn.Parameter], float] | None = None,
+    amp: str | None = None,
+    report_every: int = 1,
 ) -> list[StepReport]:
     """The shared loop: Adam on every trainable parameter, cosine decay, callbacks.
 
-    ``special_lr``: some of the parameters and their own initial learning rate.
+    ``special_lr``: some of the parameters and their own initial learning rate. The losses
+    are read from the device (a host sync) only on reported steps.
     """
     _check_positive(steps, "steps")
     _check_positive(batch_size, "batch_size")
+    _check_positive(report_every, "report_every")
     _check_lr(lr, "lr")
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     device = parameters[0].device
+    precision = MixedPrecision(amp, device, "amp")
     groups = [{"params": parameters, "lr": lr}]
     if special_lr is not None and special_lr[0]:
         chosen = {id(p) for p in special_lr[0]}
@@ -104,21 +110,24 @@ def _run(
     history = []
     try:
         for step in range(1, steps + 1):
-            lr_batch, hr_batch = (t.to(device) for t in sampler.sample(batch_size))
+            lr_batch, hr_batch = (_to_device(t, device) for t in sampler.sample(batch_size))
             step_lr = optimizer.param_groups[0]["lr"]
-            total, parts = loss_of_batch(lr_batch, hr_batch)
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"training diverged at step {step}: loss {total.item()}; lower lr (now {lr:g})"
-                )
+            with precision.autocast():
+                total, parts = loss_of_batch(lr_batch, hr_batch)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            precision.backward_and_step(total, optimizer)
             schedule.step()
+            if step % report_every and step != steps:
+                continue
+            loss = total.item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged by step {step}: loss {loss}; lower lr (now {lr:g})"
+                )
             report = StepReport(
                 step=step,
                 total=steps,
-                loss=total.item(),
+                loss=loss,
                 losses={name: part.item() for name, part in parts.items()},
                 lr=step_lr,
             )
@@ -128,6 +137,13 @@ def _run(
     finally:
         model.train(was_training)
     return history
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; to a GPU through pinned memory, without waiting."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def train_float(
@@ -180,6 +196,8 @@ def train_qat(
     depth_weights: Mapping[int, float] | None = None,
     shortcut_lr: float | None = None,
     callbacks: Sequence[Callback] = (),
+    amp: str | None = None,
+    report_every: int = 1,
 ) -> list[StepReport]:
     """Quantization-aware training of a quantized SR model, every depth variant jointly.
 
@@ -200,10 +218,15 @@ def train_qat(
         shortcut_lr: initial learning rate of the depth-switchable bodies' shortcut scales
             alpha and grown-block gates (None: ``lr``). The gates start at 0, so a short
             run needs a larger rate here for the grown blocks to take part.
-        callbacks: called with a :class:`StepReport` after each step.
+        callbacks: called with a :class:`StepReport` after each reported step.
+        amp: mixed precision, ``"bf16"`` or ``"fp16"`` (autocast, plus a GradScaler for
+            fp16); None trains in fp32.
+        report_every: report (callbacks, history, divergence check) every that many
+            steps and at the last; reading the losses waits for the device.
 
     Returns:
-        The report of every step; ``losses`` holds one entry per depth (:func:`depth_key`).
+        The report of each reported step; ``losses`` holds one entry per depth
+        (:func:`depth_key`).
 
     Example:
         >>> history = train_qat(model, sampler, steps=100)
@@ -238,7 +261,9 @@ def train_qat(
                 "shortcut_lr needs a model with depth variants; quantize it with "
                 "depth_variants=[...] or drop shortcut_lr"
             )
-    return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks, special)
+    return _run(
+        model, sampler, steps, batch_size, lr, loss_of_batch, callbacks, special, amp, report_every
+    )
 
 
 def shortcut_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qsr_plugin import use_compiled_kernels
+from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import builtin_images, to_tensor
 
 
@@ -27,3 +29,12 @@ def real_batch(photo):
         return torch.stack(crops).contiguous()
 
     return make
+
+
+@pytest.fixture
+def eager_kernels():
+    """Eager quantizer kernels: for tests about something other than the compiled kernels."""
+    previous = compiled_kernels_enabled()
+    use_compiled_kernels(False)
+    yield
+    use_compiled_kernels(previous)

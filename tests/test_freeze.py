@@ -18,7 +18,7 @@ import qsr_plugin
 from qsr_plugin.export import frozen_record
 from qsr_plugin.export.frozen_body import GatedGrownBlock, ScaledResidualBlock, ScaledSkip
 from qsr_plugin.export.frozen_layers import FrozenActivationQuantizer
-from qsr_plugin.export.quantized_layers import activation_grid
+from qsr_plugin.export.quantized_layers import ActivationGrid, activation_grid
 from qsr_plugin.quantizers import LearnedStepActivationQuantizer, quantizers_of
 
 BUILDS = {
@@ -162,3 +162,37 @@ def test_frozen_model_equals_the_quantized_model_with_compiled_kernels():
     frozen = qsr_plugin.freeze(model, depth=2)
     with torch.no_grad(), qsr_plugin.use_depth(model, 2):
         assert torch.equal(frozen(x), model(x))
+
+
+def _devices(module):
+    return {t.device.type for t in [*module.parameters(), *module.buffers()]}
+
+
+@pytest.mark.parametrize("name", ["msrresnet-w4", "swinir-w4"])
+def test_frozen_model_on_the_meta_device_keeps_everything_there(name):
+    model = as_trained(BUILDS[name]())
+    x = lr_patches("Set5", count=2, seed=3)
+    with torch.no_grad():
+        expected = qsr_plugin.freeze(model)(x)
+        frozen = qsr_plugin.freeze(model).to("meta")
+        output = frozen(x.to("meta"))
+    assert _devices(frozen) == {"meta"}
+    assert output.device.type == "meta" and output.shape == expected.shape
+
+
+def test_a_model_moved_before_freezing_gives_a_frozen_model_of_its_dtype():
+    model = as_trained(small_msrresnet(4)).double()
+    frozen = qsr_plugin.freeze(model)
+    assert {
+        t.dtype for t in [*frozen.parameters(), *frozen.buffers()] if t.is_floating_point()
+    } == {torch.float64}
+    x = lr_patches("Set5", count=2, seed=3).double()
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model.eval()(x))
+
+
+def test_frozen_quantizer_makes_its_code_bounds_on_the_step_device():
+    step = torch.tensor(0.5, device="meta", dtype=torch.float64)
+    quantizer = FrozenActivationQuantizer(ActivationGrid(None, step, 4, True))
+    for bound in (quantizer.q_min, quantizer.q_max):
+        assert bound.device.type == "meta" and bound.dtype == torch.float64

@@ -226,3 +226,19 @@ def test_pams_weights_use_the_max_abs_bound():
     bound = w.abs().flatten(1).amax(1).view(5, 1, 1, 1)
     assert torch.allclose(y, torch.round(w / bound * 7) * bound / 7)
     assert torch.allclose(y.abs().flatten(1).amax(1), bound.flatten())
+
+
+def test_dataparallel_replicas_share_the_code_bounds_cache_of_their_device(eager_kernels):
+    quantizer = LearnedStepActivationQuantizer(4, 3, -3).train()
+    x = torch.randn(2, 3, 5, 5)
+    quantizer(x)  # initialises
+    quantizer(x)
+    replica = quantizer._replicate_for_data_parallel()  # what DataParallel runs per device
+    replica._parameters = dict(quantizer._parameters)
+    replica._buffers = dict(quantizer._buffers)
+    replica.to("meta")(x.to("meta"))
+    # a later replica on that device finds the bounds the first one built
+    later = quantizer._replicate_for_data_parallel()
+    bounds = later.codes(x.to("meta"))
+    assert bounds is replica.codes(x.to("meta")) and bounds[0].device.type == "meta"
+    assert quantizer.codes(x)[0].dtype == torch.float32

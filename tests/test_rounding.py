@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from qsr_plugin.quantizers import LearnedStepActivationQuantizer
+from qsr_plugin.quantizers._kernels import compiled_kernels_enabled, use_compiled_kernels
 from qsr_plugin.quantizers._rounding import (
     learned_step_fake_quantize,
     phi,
@@ -166,3 +168,69 @@ def test_inference_without_gradients_gives_the_training_output():
     assert torch.equal(inferred, trained.detach())
     s = step.detach()
     assert torch.equal(inferred, ((x + tau) / s).clamp(-8, 7).round() * s)
+
+
+def _initialised_quantizer(bits, shift, x):
+    quantizer = LearnedStepActivationQuantizer(bits, x.shape[1], -3, shift=shift).train()
+    quantizer(x.float())
+    if shift:
+        with torch.no_grad():
+            quantizer.shift.copy_(torch.linspace(-0.05, 0.05, x.shape[1]).view(-1, 1, 1))
+    return quantizer
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize(("dtype", "bits"), [(torch.float16, 8), (torch.bfloat16, 4)])
+def test_autocast_codes_are_the_fp32_codes(eager_kernels, dtype, bits, shift):
+    gen = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+    lr = torch.rand(2, 3, 24, 24, generator=gen)
+    with torch.autocast("cpu", dtype=dtype):
+        x = conv(lr)
+    quantizer = _initialised_quantizer(bits, shift, x)
+    with torch.autocast("cpu", dtype=dtype):
+        y = quantizer(x)
+    assert y.dtype == dtype
+    reference = quantizer(x.float())  # the same quantizer on the widened input
+    assert torch.equal(y, reference.to(dtype))
+    step = quantizer.step.detach()
+    codes = (reference / step).round()
+    assert torch.equal((y.float() / step).round(), codes)
+    if dtype == torch.float16:  # 8-bit codes times the step are exact to fp16's precision
+        assert (y.float() / step - codes).abs().max() <= codes.abs().max() * 2.0**-11
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_fp16_step_gradient_is_finite_at_recipe_size(eager_kernels, shift):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 64, 48, 48, generator=gen).abs().half()  # one x4 recipe activation
+    quantizer = _initialised_quantizer(2, shift, x)
+    grad_out = torch.full(x.shape, 4.0, dtype=torch.float16)  # a loss-scaled gradient
+    x.requires_grad_()
+    quantizer(x).backward(grad_out)
+    wide = x.detach().float().requires_grad_()
+    step_grad = quantizer.step.grad.clone()
+    quantizer.step.grad = None
+    quantizer(wide).backward(grad_out.float())
+    assert x.grad.dtype == torch.float16 and quantizer.step.grad.dtype == torch.float32
+    assert torch.isfinite(step_grad) and torch.isfinite(x.grad).all()
+    assert step_grad.item() == pytest.approx(quantizer.step.grad.item(), rel=1e-4)
+    # the unscaled sum overflows fp16: summing in the input's dtype would give inf
+    unscaled = step_grad.item() * math.sqrt(x.numel() * 3)
+    assert abs(unscaled) > torch.finfo(torch.float16).max
+
+
+@pytest.mark.slow
+def test_compiled_kernels_widen_half_inputs_too():
+    previous = compiled_kernels_enabled()
+    use_compiled_kernels(True)
+    try:
+        x = torch.randn(2, 8, 12, 12, generator=torch.Generator().manual_seed(6)).half()
+        quantizer = _initialised_quantizer(8, False, x)
+        x.requires_grad_()
+        y = quantizer(x)
+        y.backward(torch.full_like(y, 4.0))
+    finally:
+        use_compiled_kernels(previous)
+    assert y.dtype == x.grad.dtype == torch.float16
+    assert torch.equal(y, quantizer(x.detach().float()).half())

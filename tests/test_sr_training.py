@@ -6,13 +6,16 @@ output, so a few steps visibly lower its loss.
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import qsr_plugin
+from qsr_plugin import mixed_precision
 from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin.mixed_precision import MixedPrecision
 from qsr_plugin.quantizers import quantizers_of
 from qsr_plugin.sr_data import PatchSampler, builtin_images
 from qsr_plugin.sr_training import (
@@ -175,5 +178,48 @@ def test_divergence_stops_training_with_a_clear_error():
     model = small_edsr()
     with torch.no_grad():
         model.conv_after_body.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="training diverged at step 1.*lower lr"):
+    with pytest.raises(FloatingPointError, match="training diverged by step 1.*lower lr"):
         train_float(model, sampler(), steps=2, batch_size=2)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_qat_with_amp_trains_under_autocast_and_lowers_the_loss(amp):
+    model = small_edsr()
+    qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
+    calibrate_from_sampler(model, sampler(1), batches=1, batch_size=4)
+    before = check_loss(model, 3)
+    dtypes = set()
+    hook = model.body[0].conv1.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    history = train_qat(model, sampler(2), steps=6, lr=1e-3, batch_size=4, amp=amp)
+    hook.remove()
+    assert dtypes == {MixedPrecision(amp, torch.device("cpu")).dtype}
+    assert all(math.isfinite(r.loss) for r in history)
+    steps = [q.step for _, q in quantizers_of(model) if hasattr(q, "step")]
+    assert all(torch.isfinite(s.grad).all() and s.dtype == torch.float32 for s in steps)
+    assert check_loss(model, 3) < before
+
+
+def test_amp_values_and_unsupported_devices_name_the_option(monkeypatch):
+    model = small_edsr()
+    with pytest.raises(
+        ValueError, match=r"amp must be 'bf16', 'fp16' or unset \(fp32\), got 'fp32'"
+    ):
+        train_qat(model, sampler(), steps=1, amp="fp32")
+    monkeypatch.setattr(mixed_precision, "_autocast_supports", lambda device, dtype: False)
+    with pytest.raises(
+        ValueError, match=r"amp: fp16 autocast is not supported on cpu.*set amp to bf16"
+    ):
+        train_qat(model, sampler(), steps=1, amp="fp16")
+
+
+def test_reports_come_every_report_every_steps_and_at_the_last():
+    model = small_edsr()
+    seen = []
+    history = train_float(model, sampler(), steps=5, batch_size=2, callbacks=[seen.append])
+    assert [r.step for r in history] == [1, 2, 3, 4, 5]
+    qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
+    seen.clear()
+    history = train_qat(
+        model, sampler(), steps=5, batch_size=2, report_every=2, callbacks=[seen.append]
+    )
+    assert [r.step for r in history] == [2, 4, 5] and seen == history

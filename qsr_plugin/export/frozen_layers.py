@@ -53,8 +53,9 @@ class FrozenActivationQuantizer(nn.Module):
         q_min, q_max = grid.code_range
         self.register_buffer("shift", grid.shift)
         self.register_buffer("step", grid.step)
-        self.register_buffer("q_min", torch.tensor(float(q_min), dtype=grid.step.dtype))
-        self.register_buffer("q_max", torch.tensor(float(q_max), dtype=grid.step.dtype))
+        like = {"dtype": grid.step.dtype, "device": grid.step.device}
+        self.register_buffer("q_min", torch.tensor(float(q_min), **like))
+        self.register_buffer("q_max", torch.tensor(float(q_max), **like))
         self.export_kernels: str | None = None
         # Set by export_onnx when the producing convolution already wrote this quantizer's
         # codes (its shift folded in); "relu" when a ReLU stands between them.

@@ -91,8 +91,9 @@ def distill(
     Returns the summed loss of each step.
     """
     teacher = teacher.eval()
+    batches = _on_device_of(student, batches)
     with torch.no_grad():
-        targets = [teacher(batch) for batch in batches]
+        targets = _on_device_of(student, _logits(teacher, batches))
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     student.train()
     for module in student.modules():
@@ -113,6 +114,17 @@ def distill(
     return history
 
 
+def _on_device_of(model: nn.Module, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` on the device of ``model``'s parameters."""
+    device = next(model.parameters()).device
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
+def _logits(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``model`` on each batch, the batches sent to its device first."""
+    return [model(batch) for batch in _on_device_of(model, batches)]
+
+
 def _depth_variants_or_none(model: nn.Module) -> list[int] | None:
     try:
         return depth_variants(model)
@@ -126,9 +138,10 @@ def agreement(
     """Per depth (None without depth variants): top-1 agreement and KL to the teacher."""
     student, teacher = student.eval(), teacher.eval()
     depths = _depth_variants_or_none(student) or [None]
+    batches = _on_device_of(student, batches)
     result = {}
     with torch.no_grad():
-        targets = [teacher(batch) for batch in batches]
+        targets = _on_device_of(student, _logits(teacher, batches))
         for depth in depths:
             if depth is not None:
                 set_depth(student, depth)

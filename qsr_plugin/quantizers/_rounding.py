@@ -23,6 +23,11 @@ input for its own backward pass anyway), so no extra tensor is stored. With one 
 the whole tensor (activations, per-tensor weights), each pass, shift and reductions
 included, is one call of a ``torch.compile``-d kernel when enabled (see ``_kernels``);
 a step per channel uses the eager broadcast version.
+
+The arithmetic always runs in fp32 (fp64 inputs stay fp64): half-precision inputs, e.g.
+under ``torch.autocast``, are widened inside the kernels and the output is returned in the
+input's dtype, so the codes are those of an fp32 model, and the step and shift gradients
+are summed in fp32, where fp16 with a GradScaler's loss scale would overflow.
 """
 
 from __future__ import annotations
@@ -49,16 +54,25 @@ def phi_derivative(r: torch.Tensor, k: float) -> torch.Tensor:
     return (1 - t * t) * (k / (2 * math.tanh(k / 2)))
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 if it is a half-precision (fp16, bf16) tensor, else unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _divided(x, shift, step):
-    return (x if shift is None else x + shift) / step
+    x = widened(x)
+    return (x if shift is None else x + widened(shift)) / widened(step)
 
 
 def _forward_math(x, shift, step, q_min, q_max):
-    return _divided(x, shift, step).clamp(q_min, q_max).round() * step
+    codes = _divided(x, shift, step).clamp(q_min, q_max).round()
+    return (codes * widened(step)).to(x.dtype)
 
 
 def _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k: float):
-    """Gradient w.r.t. the shifted input, and the per-element terms of the step gradient."""
+    """Gradient w.r.t. the shifted input, and the per-element terms of the step gradient,
+    both in the compute dtype (fp32 for half-precision inputs)."""
+    grad_out = widened(grad_out)
     v = _divided(x, shift, step)
     clipped = v.clamp(q_min, q_max)
     inside = clipped == v
@@ -73,7 +87,7 @@ def _plain_forward(x, step, q_min, q_max):
 def _plain_backward(grad_out, x, step, q_min, q_max, phi_k: float):
     """On flat tensors: the gradient of x and the step gradient."""
     grad_x, step_terms = _backward_math(grad_out, x, None, step, q_min, q_max, phi_k)
-    return grad_x, step_terms.sum()
+    return grad_x.to(x.dtype), step_terms.sum()
 
 
 def _channel_forward(x, shift, step, q_min, q_max):
@@ -88,7 +102,7 @@ def _channel_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
     loop; a reduction over (outer, inner) at once compiles to separate, slower passes.
     """
     grad_x, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k)
-    return grad_x, grad_x.sum(dim=2), step_terms.sum(dim=2)
+    return grad_x.to(x.dtype), grad_x.sum(dim=2), step_terms.sum(dim=2)
 
 
 def _token_forward(x, shift, step, q_min, q_max):
@@ -102,7 +116,7 @@ def _token_backward(grad_out, x, shift, step, q_min, q_max, phi_k: float):
     last dimension of size 1, unvectorised.
     """
     grad_x, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, phi_k)
-    return grad_x, grad_x.sum(dim=0), step_terms.sum()
+    return grad_x.to(x.dtype), grad_x.sum(dim=0), step_terms.sum()
 
 
 # Separate functions, so that the compiled versions keep separate small graph caches.
@@ -192,8 +206,8 @@ class _TensorStepFakeQuantize(torch.autograd.Function):
             grad_step = step_partials.sum()
         return (
             grad_x.view(x.shape),
-            grad_shift,
-            grad_step * ctx.grad_scale,
+            None if grad_shift is None else grad_shift.to(shift.dtype),
+            (grad_step * ctx.grad_scale).to(step.dtype),
             None,
             None,
             None,
@@ -214,9 +228,11 @@ class _BroadcastFakeQuantize(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, shift, step, q_min, q_max = ctx.saved_tensors
         grad_shifted, step_terms = _backward_math(grad_out, x, shift, step, q_min, q_max, ctx.phi_k)
-        grad_step = step_terms.sum_to_size(step.shape) * ctx.grad_scale
-        grad_shift = None if shift is None else grad_shifted.sum_to_size(shift.shape)
-        return grad_shifted, grad_shift, grad_step, None, None, None, None
+        grad_step = (step_terms.sum_to_size(step.shape) * ctx.grad_scale).to(step.dtype)
+        grad_shift = (
+            None if shift is None else grad_shifted.sum_to_size(shift.shape).to(shift.dtype)
+        )
+        return grad_shifted.to(x.dtype), grad_shift, grad_step, None, None, None, None
 
 
 def _needs_gradient(*tensors: torch.Tensor | None) -> bool:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .._distributed import all_reduce_
 from .._validation import FLOAT_BITS, check_bits
+from ._rounding import widened
 
 REDUCTIONS = ("mean", "min", "max")
 
@@ -143,7 +144,7 @@ class Quantizer(nn.Module):
         return self.quantize(x)
 
     def _checked_statistics(self, x: torch.Tensor) -> dict[str, tuple[str, torch.Tensor]]:
-        x = x.detach()
+        x = widened(x.detach())
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"{self.label}: the initialisation batch contains NaN or Inf values; "

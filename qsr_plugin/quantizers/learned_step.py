@@ -52,27 +52,38 @@ class _LearnedStepQuantizer(Quantizer):
         super().__init__(bits, role)
         self.phi_k = check_phi_k(phi_k)
         self.step = nn.Parameter(torch.ones(step_shape))
-        self._codes: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._codes: dict[torch.device, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._range: tuple[int, int] | None = None
 
     def is_signed(self) -> bool:
         raise NotImplementedError
 
     def state_changed(self) -> None:
         super().state_changed()
-        self._codes = None
+        self._codes, self._range = {}, None
 
     def codes(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``(Qn, Qp)`` as 0-dim tensors on ``like``'s device and dtype, and Qp as an int."""
-        cached = self._codes
-        if cached is None or cached[0].device != like.device or cached[0].dtype != like.dtype:
-            q_min, q_max = code_range(self.bits, self.is_signed())
+        """``(Qn, Qp)`` as fp32 0-dim tensors on ``like``'s device, and Qp as an int.
+
+        Cached per device in one dict that ``DataParallel`` replicas share (they copy the
+        module's attributes shallowly), so each replica's device builds them once.
+        """
+        cached = self._codes.get(like.device)
+        if cached is None:
+            q_min, q_max = self._code_range()
             cached = (
-                torch.tensor(float(q_min), device=like.device, dtype=like.dtype),
-                torch.tensor(float(q_max), device=like.device, dtype=like.dtype),
+                torch.tensor(float(q_min), device=like.device),
+                torch.tensor(float(q_max), device=like.device),
                 q_max,
             )
-            self._codes = cached
+            self._codes[like.device] = cached
         return cached
+
+    def _code_range(self) -> tuple[int, int]:
+        """The integer code range, read from the buffers once per state change."""
+        if self._range is None:
+            self._range = code_range(self.bits, self.is_signed())
+        return self._range
 
     def _initial_step(self, mean_abs: torch.Tensor) -> torch.Tensor:
         _, q_max = code_range(self.bits, self.is_signed())
@@ -124,7 +135,7 @@ class LearnedStepActivationQuantizer(_LearnedStepQuantizer):
 
     def initialize_from(self, statistics):
         self.signed.fill_(bool(statistics["min"] < SIGNED_THRESHOLD))
-        self._codes = None
+        self._codes, self._range = {}, None
         self.step.copy_(self._initial_step(statistics["mean_abs"]))
 
     def quantize(self, x):

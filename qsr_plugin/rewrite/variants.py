@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._distributed import check_joint_training_wrapper
 from .depth import depth_switchable_bodies
 
 
@@ -78,7 +79,9 @@ def joint_variant_loss(
     """Run every depth variant on one batch; return the weighted loss sum and each loss.
 
     Backpropagate the sum once: all variants share the weights, so each step trains them
-    all (QuantSR's joint training; equal weights by default).
+    all (QuantSR's joint training; equal weights by default). Under DDP, wrap the model
+    with ``DistributedDataParallel(model, static_graph=True)``: a model wrapped without it
+    is refused (it would fail in DDP's backward).
 
     Args:
         model: a model quantized with depth variants.
@@ -89,8 +92,13 @@ def joint_variant_loss(
 
     Returns:
         ``(total, {depth: loss})``.
+
+    Raises:
+        ValueError: bad ``weights``, or a DDP model without ``static_graph=True``.
     """
     depths = depth_variants(model)
+    if len(depths) > 1:
+        check_joint_training_wrapper(model)
     if weights is None:
         weights = dict.fromkeys(depths, 1.0)
     elif not isinstance(weights, Mapping):

@@ -64,3 +64,50 @@ def rank_check_worker(rank: int, init_file: str, results: str) -> None:
         lines.append(f"raised: {err}")
     Path(results, f"{rank}.txt").write_text("\n".join(lines))
     dist.destroy_process_group()
+
+
+def ddp_training_worker(rank: int, port: int, workdir: str, cases: list, results: str) -> None:
+    """One of two gloo ranks started like ``--launcher pytorch``: two QuantSRModel
+    iterations per case ``(find_unused_parameters, depth_variants)`` on rank-specific
+    batches of the smoke recipe; saves each case's trained weights to ``results/<rank>.pt``.
+    """
+    import copy
+
+    import torch
+
+    from qsr_plugin import use_compiled_kernels
+    from qsr_plugin.integrations.basicsr import entry
+
+    from basicsr.data import build_dataset  # isort: skip
+    from basicsr.models import build_model  # isort: skip
+
+    use_compiled_kernels(False)
+    os.chdir(workdir)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    parsed = entry.parse_options(["-opt", str(SMOKE_RECIPE), "--launcher", "pytorch"])
+    dataset = build_dataset(parsed["datasets"]["train"])
+    states = {"dist": parsed["dist"], "world_size": parsed["world_size"]}
+    for find_unused, variants in cases:
+        options = copy.deepcopy(parsed)
+        options["find_unused_parameters"] = find_unused
+        options["quantsr"]["depth_variants"] = variants
+        options["train"].pop("variant_loss_weights")
+        options["train"]["ema_decay"] = 0
+        torch.manual_seed(0)
+        model = build_model(options)
+        initial = model.get_bare_model(model.net_g).conv_first.weight.detach().clone()
+        for iteration in (1, 2):
+            samples = [dataset[4 * iteration + 2 * rank + i] for i in (0, 1)]
+            model.feed_data(torch.utils.data.default_collate(samples))
+            model.optimize_parameters(iteration)
+        bare = model.get_bare_model(model.net_g)
+        states[str((find_unused, variants))] = {
+            "static_graph": model.net_g.static_graph,
+            "losses": sorted(model.get_current_log()),
+            "initial": initial,
+            "weights": bare.state_dict(),
+        }
+    torch.save(states, Path(results, f"{rank}.pt"))

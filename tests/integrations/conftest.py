@@ -1,4 +1,4 @@
-"""Fixtures of the BasicSR integration tests: real SR data in BasicSR's layout, eager kernels."""
+"""Fixtures of the BasicSR integration tests: real SR data in BasicSR's layout."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qsr_plugin import use_compiled_kernels
 from qsr_plugin.integrations.basicsr.prepare_data import prepare_image_set
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import find_image_set
 
 TRAIN_IMAGES = 16  # of T91, enough for a few batches of 2 patches
@@ -42,12 +40,3 @@ def workdir(tmp_path, sr_datasets, monkeypatch) -> Path:
     (tmp_path / "datasets").symlink_to(sr_datasets)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-@pytest.fixture
-def eager_kernels():
-    """Eager quantizer kernels: the BasicSR tests are about BasicSR, not about compile time."""
-    previous = compiled_kernels_enabled()
-    use_compiled_kernels(False)
-    yield
-    use_compiled_kernels(previous)

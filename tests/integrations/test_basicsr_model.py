@@ -10,7 +10,7 @@ import torch
 import yaml
 from basicsr_helpers import SMOKE_RECIPE
 
-from qsr_plugin import quantization_record
+from qsr_plugin import mixed_precision, quantization_record
 from qsr_plugin.integrations.basicsr import entry
 from qsr_plugin.integrations.basicsr.options import OptionError, read_option_file
 from qsr_plugin.integrations.basicsr.quantizer_state import all_initialized, quantizer_tensors
@@ -87,7 +87,7 @@ def test_first_iteration_initialises_once_then_trains_every_variant(smoke):
     for hook in hooks:
         hook.remove()
     depths = list(body.variants)
-    assert list(model.log_dict) == [f"l_pix@{d}" for d in depths]
+    assert list(model.get_current_log()) == [f"l_pix@{d}" for d in depths]
     assert calls == collections.Counter(i for d in depths for i in body.members(d))
     after = quantizer_tensors(model.net_g)
     moved = [k for k in steps if not torch.equal(steps[k], after[k])]
@@ -160,7 +160,7 @@ def test_without_depth_variants_names_are_basicsr_s(workdir):
     model = build_model(parsed)
     model.feed_data(first_batch(parsed))
     model.optimize_parameters(1)
-    assert list(model.log_dict) == ["l_pix"]
+    assert list(model.get_current_log()) == ["l_pix"]
     model.validation(val_loader(parsed), current_iter=1, tb_logger=None, save_img=False)
     assert set(model.metric_results) == {"psnr", "ssim"}
 
@@ -194,3 +194,38 @@ def test_quantized_network_follows_the_quantsr_section(smoke):
     assert list(record.config.depth_variants) == options["quantsr"]["depth_variants"]
     assert body_of(model.net_g).original_depth == options["network_g"]["num_block"]
     assert len(body_of(model.net_g).block_names) == max(options["quantsr"]["depth_variants"])
+
+
+def test_amp_option_trains_under_autocast(workdir):
+    options = parse(workdir, None, "quantsr:amp=bf16", "train:ema_decay=0")
+    model = build_model(options)
+    dtypes = set()
+    hook = model.net_g.conv_first.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    model.feed_data(first_batch(options))
+    model.optimize_parameters(1)
+    model.optimize_parameters(2)
+    hook.remove()
+    assert torch.bfloat16 in dtypes  # the training iterations (calibration runs in fp32)
+    log = model.get_current_log()
+    assert list(log) == [f"l_pix@{d}" for d in options["quantsr"]["depth_variants"]]
+    assert all(isinstance(v, float) and v == v for v in log.values())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fp8", r"quantsr.amp must be 'bf16', 'fp16' or unset \(fp32\), got 'fp8'"),
+        (True, "got True"),
+    ],
+)
+def test_bad_amp_values_name_the_option(workdir, value, message):
+    options = read_option_file(SMOKE_RECIPE)
+    options["quantsr"]["amp"] = value
+    with pytest.raises(OptionError, match=message):
+        parse(workdir, options)
+
+
+def test_amp_the_device_does_not_support_names_the_option(workdir, monkeypatch):
+    monkeypatch.setattr(mixed_precision, "_autocast_supports", lambda device, dtype: False)
+    with pytest.raises(OptionError, match=r"quantsr.amp: fp16 autocast is not supported on cpu"):
+        build_model(parse(workdir, None, "quantsr:amp=fp16"))

@@ -10,10 +10,13 @@ Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it 
   batch, running every depth variant (:func:`qsr_plugin.calibrate`); the EMA network then
   receives the same quantizer state, and under DDP the ranks are checked to agree;
 - every iteration trains all depth variants jointly: the loss is the weighted sum of each
-  variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``;
+  variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``
+  (read from the device only at logging intervals); ``quantsr.amp: bf16 | fp16`` trains
+  under autocast (plus a GradScaler for fp16);
 - validation evaluates every variant; metrics are named ``<metric>@<depth>`` (``psnr@16``),
   each with its own best value, and saved images end in ``_depth<depth>``;
-- checkpoints and training states are written atomically, and DDP works on the CPU.
+- checkpoints and training states are written atomically; DDP (on the CPU too) is built
+  with ``static_graph=True``, whatever ``find_unused_parameters`` and the variants are.
 
 Without ``depth_variants`` there is one variant and the names are BasicSR's (``l_pix``,
 ``psnr``).
@@ -30,15 +33,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from qsr_plugin import calibrate, quantize, summary, use_depth
 from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin._distributed import joint_training_ddp
 from qsr_plugin.config import QuantizeConfig
+from qsr_plugin.mixed_precision import MixedPrecision
 from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
 from .checkpoint import load_checkpoint, read_state_dict, save_atomically
-from .options import OptionError, check_network_type, quantize_config, variant_loss_weights
+from .options import (
+    OptionError,
+    amp_setting,
+    check_network_type,
+    quantize_config,
+    variant_loss_weights,
+)
 from .quantizer_state import all_initialized, check_same_on_all_ranks, copy_quantizer_state
 
 import_basicsr()
@@ -123,11 +133,16 @@ class QuantSRModel(SRModel):
 
     # -- building ------------------------------------------------------------------------
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """As BasicSR, plus DDP on the CPU (BasicSR passes a CUDA device id)."""
-        if self.opt["dist"] and self.device.type == "cpu":
-            find_unused = self.opt.get("find_unused_parameters", False)
-            return DistributedDataParallel(net.to(self.device), find_unused_parameters=find_unused)
-        return super().model_to_device(net)
+        """As BasicSR, but DDP with a static graph (each depth variant runs its own forward
+        before one backward; see :func:`qsr_plugin._distributed.joint_training_ddp`), and
+        DDP on the CPU too (BasicSR passes a CUDA device id)."""
+        if not self.opt["dist"]:
+            return super().model_to_device(net)
+        device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
+        find_unused = self.opt.get("find_unused_parameters", False)
+        return joint_training_ddp(
+            net.to(self.device), device_ids=device_ids, find_unused_parameters=find_unused
+        )
 
     def load_network(
         self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = "params"
@@ -147,6 +162,10 @@ class QuantSRModel(SRModel):
         if not train_opt.get("pixel_opt"):
             raise OptionError("train.pixel_opt is required (e.g. type: L1Loss)")
         self.variant_weights = variant_loss_weights(self.opt, self.depths)
+        try:
+            self.precision = MixedPrecision(amp_setting(self.opt), self.device, "quantsr.amp")
+        except ValueError as err:
+            raise OptionError(str(err)) from None
         self.net_g.train()
         self.ema_decay = train_opt.get("ema_decay", 0)
         if self.ema_decay > 0:
@@ -196,15 +215,29 @@ class QuantSRModel(SRModel):
         self.optimizer_g.zero_grad()
         losses = OrderedDict()
         total = 0.0
-        for depth in each_variant(self.net_g, self.depths):
-            loss = self.cri_pix(self.net_g(self.lq), self.gt)
-            losses[tagged("l_pix", depth)] = loss
-            total = total + self.variant_weights[depth] * loss
-        total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(losses)
+        with self.precision.autocast():
+            for depth in each_variant(self.net_g, self.depths):
+                loss = self.cri_pix(self.net_g(self.lq).float(), self.gt)
+                losses[tagged("l_pix", depth)] = loss.detach()
+                total = total + self.variant_weights[depth] * loss
+        self.precision.backward_and_step(total, self.optimizer_g)
+        self.step_losses = losses
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def get_current_log(self) -> OrderedDict:
+        """The last iteration's losses, averaged over ranks; read from the device only
+        here (BasicSR asks every ``logger.print_freq`` iterations, on every rank)."""
+        return self.reduce_loss_dict(self.step_losses)
+
+    def feed_data(self, data: dict) -> None:
+        """As SRModel, through pinned memory and without waiting when on a GPU."""
+        for key in ("lq", "gt"):
+            if key in data:
+                tensor = data[key]
+                if self.device.type == "cuda":
+                    tensor = tensor.pin_memory()
+                setattr(self, key, tensor.to(self.device, non_blocking=True))
 
     # -- evaluation ----------------------------------------------------------------------
     def _inference_net(self) -> nn.Module:

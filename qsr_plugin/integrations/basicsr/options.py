@@ -12,6 +12,7 @@ A QuantSR option file is an ordinary BasicSR file with ``model_type: QuantSRMode
     quantsr:
       bits: 4
       depth_variants: [32, 16, 8]
+      amp: bf16                         # optional: bf16 or fp16 mixed precision (training)
     train:
       variant_loss_weights: [1, 1, 1]   # optional; deepest variant first, or {depth: weight}
 """
@@ -27,10 +28,12 @@ import yaml
 
 from qsr_plugin._basicsr_compat import import_basicsr
 from qsr_plugin.config import QuantizeConfig
+from qsr_plugin.mixed_precision import check_amp
 
 MODEL_TYPE = "QuantSRModel"
 SECTION = "quantsr"
 WEIGHTS_KEY = "variant_loss_weights"
+AMP_KEY = "amp"  # a training setting in the quantsr section, not a QuantizeConfig field
 REGISTRY_SUFFIX = "_basicsr"
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -92,10 +95,26 @@ def quantize_config(options: Mapping[str, Any]) -> QuantizeConfig:
         )
     if not isinstance(section, Mapping):
         raise OptionError(f"'{SECTION}' must be a mapping of settings, got {section!r}")
+    settings = {k: v for k, v in section.items() if k != AMP_KEY}
     try:
-        return QuantizeConfig.from_dict(dict(section), where=f"{SECTION}.")
+        return QuantizeConfig.from_dict(settings, where=f"{SECTION}.")
     except (TypeError, ValueError) as err:
         raise OptionError(f"invalid '{SECTION}' section: {err}") from None
+
+
+def amp_setting(options: Mapping[str, Any]) -> str | None:
+    """``quantsr.amp``: ``"bf16"``, ``"fp16"`` or None (fp32).
+
+    Raises:
+        OptionError: any other value. Whether the device supports it is checked when the
+            model knows its device (:class:`qsr_plugin.mixed_precision.MixedPrecision`).
+    """
+    section = options.get(SECTION)
+    amp = section.get(AMP_KEY) if isinstance(section, Mapping) else None
+    try:
+        return check_amp(amp, f"{SECTION}.{AMP_KEY}")
+    except ValueError as err:
+        raise OptionError(str(err)) from None
 
 
 def variant_loss_weights(
@@ -196,7 +215,7 @@ def check_options(options: Mapping[str, Any]) -> None:
     """Every check that can run before BasicSR builds datasets and networks.
 
     Checks the ``quantsr`` section against ``model_type``, the arch name, the loss weights,
-    the dataset folders and the pretrained checkpoint path.
+    ``quantsr.amp``, the dataset folders and the pretrained checkpoint path.
 
     Raises:
         OptionError: naming the first offending key and what to do.
@@ -208,6 +227,7 @@ def check_options(options: Mapping[str, Any]) -> None:
         config = quantize_config(options)
         depths = list(config.depth_variants) if config.depth_variants else [None]
         variant_loss_weights(options, depths)
+        amp_setting(options)
     elif has_section:
         raise OptionError(
             f"the '{SECTION}:' section is only read by model_type: {MODEL_TYPE}, but "
