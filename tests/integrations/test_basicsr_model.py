@@ -231,6 +231,7 @@ def test_amp_the_device_does_not_support_names_the_option(workdir, monkeypatch):
         build_model(parse(workdir, None, "quantsr:amp=fp16"))
 
 
+@pytest.mark.slow
 def test_fp16_training_state_keeps_the_grad_scaler(workdir):
     force = ("quantsr:amp=fp16", "train:ema_decay=0")
     options = parse(workdir, None, *force)
