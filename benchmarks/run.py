@@ -1,8 +1,10 @@
 """Run the benchmarks and write their results under benchmarks/results/.
 
-Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference]
+Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference|gpu]
 ``--quick`` is the short configuration (under 15 minutes on a 2-core CPU); without it, the
-full configuration (hours on a 2-core CPU). See benchmarks/README.md.
+full configuration (hours on a 2-core CPU). ``--only inference`` (deployed ONNX speed,
+:mod:`benchmarks.inference`) and ``--only gpu`` (the CUDA check, :mod:`benchmarks.gpu_check`)
+run only when named. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import accuracy, inference, speed
+from . import accuracy, gpu_check, inference, speed
 from .float_cache import DEFAULT_CACHE_DIR
 from .models import MSRRESNET, SWINIR_S
 from .report import RESULTS_DIR, describe, machine, save
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short configuration")
     parser.add_argument(
-        "--only", choices=("speed", "accuracy", "inference"), help="run one benchmark"
+        "--only", choices=("speed", "accuracy", "inference", "gpu"), help="run one benchmark"
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     written = []
+    if args.only == "gpu":
+        written.append(gpu_check.run(args.results_dir))
+        print(written[-1].read_text())
     if args.only in (None, "accuracy"):
         written.append(run_accuracy(mode, args.results_dir, args.cache_dir))
         print(written[-1].read_text())

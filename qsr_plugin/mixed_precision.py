@@ -15,7 +15,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def check_amp(amp: object, option: str = "amp") -> str | None:
     """``amp`` if it is ``"bf16"``, ``"fp16"`` or None; else a ValueError naming ``option``."""
-    if amp is not None and amp not in AMP_DTYPES:
+    if amp is not None and not (isinstance(amp, str) and amp in AMP_DTYPES):
         raise ValueError(f"{option} must be 'bf16', 'fp16' or unset (fp32), got {amp!r}")
     return amp
 

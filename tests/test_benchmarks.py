@@ -15,7 +15,7 @@ from archs import arch_by_name
 from torch import nn
 
 import qsr_plugin
-from benchmarks import accuracy, compare_kernels, speed
+from benchmarks import accuracy, compare_kernels, gpu_check, run, speed
 from benchmarks._timing import interleaved_samples, ratio_summary
 from benchmarks.body_layers import body_layer_names, signed_inputs
 from benchmarks.brevitas_qat import prepare_brevitas
@@ -331,3 +331,25 @@ def test_float_model_is_trained_once_then_loaded(eager_kernels, tmp_path):
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first.conv_first.weight, backbone.build(0).conv_first.weight)
+
+
+def test_gpu_check_without_cuda_exits_with_a_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="benchmarks.gpu_check needs a CUDA GPU"):
+        run.main(["--only", "gpu", "--results-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_check_figures_of_a_small_backbone_on_the_cpu(eager_kernels, monkeypatch):
+    monkeypatch.setattr(gpu_check, "TIMED", 2)
+    monkeypatch.setattr(gpu_check, "WARMUP", 1)
+    result = gpu_check.check_backbone(small_msrresnet(8, 2, 4, 12, 2), torch.device("cpu"))
+    assert set(result["training"]) == {"fp32", "bf16"}
+    for row in result["training"].values():
+        assert row["ratio_to_float"] > 0 and row["quantsr_peak_mib"] is None
+    assert result["frozen"]["max_abs_difference_to_quantized"] == 0
+    assert result["onnx_bytes"] > 0
+    text = gpu_check.markdown({"gpu": "cpu", "torch": torch.__version__, "seconds": 1.0,
+                               "backbones": [result], "nccl": None})  # fmt: skip
+    assert "MSRResNet 8x2 x4" in text and "not run (one GPU)" in text

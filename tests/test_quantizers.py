@@ -242,3 +242,29 @@ def test_dataparallel_replicas_share_the_code_bounds_cache_of_their_device(eager
     bounds = later.codes(x.to("meta"))
     assert bounds is replica.codes(x.to("meta")) and bounds[0].device.type == "meta"
     assert quantizer.codes(x)[0].dtype == torch.float32
+
+
+HALF_PRECISION_CASES = {
+    "rlq activation": (lambda: LearnedStepActivationQuantizer(4, 4, -3), (2, 4, 5, 5)),
+    "lsq activation": (lambda: LearnedStepActivationQuantizer(4, 4, -3, shift=False), (2, 4, 5, 5)),
+    "rlq weight": (lambda: LearnedStepWeightQuantizer(4, 8, per_channel=True), (8, 4, 3, 3)),
+    "dorefa activation": (lambda: DoReFaActivationQuantizer(4), (2, 4, 5, 5)),
+    "dorefa weight": (lambda: DoReFaWeightQuantizer(4), (8, 4, 3, 3)),
+    "pams activation": (lambda: PAMSActivationQuantizer(4), (2, 4, 5, 5)),
+    "pams weight": (lambda: PAMSWeightQuantizer(4, per_channel=True), (8, 4, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", HALF_PRECISION_CASES)
+def test_every_quantizer_computes_half_inputs_in_fp32(eager_kernels, name, dtype):
+    build, shape = HALF_PRECISION_CASES[name]
+    quantizer = build().train()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    quantizer(x)  # initialises the data-driven ones
+    half = x.to(dtype).requires_grad_()
+    y = quantizer(half)
+    assert y.dtype == dtype
+    assert torch.equal(y, quantizer(half.detach().float()).to(dtype))
+    y.sum().backward()
+    assert half.grad.dtype == dtype and torch.isfinite(half.grad).all()

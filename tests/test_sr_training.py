@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import qsr_plugin
 from qsr_plugin import mixed_precision
@@ -223,3 +224,32 @@ def test_reports_come_every_report_every_steps_and_at_the_last():
         model, sampler(), steps=5, batch_size=2, report_every=2, callbacks=[seen.append]
     )
     assert [r.step for r in history] == [2, 4, 5] and seen == history
+
+
+class _CountHostReads(TorchDispatchMode):
+    """Counts reads of tensor values by the host (``.item()``, ``bool(tensor)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["quantsr", "lsq"])
+def test_a_joint_training_step_reads_nothing_back_from_the_device(method):
+    model = small_edsr()
+    qsr_plugin.quantize(model, bits=4, method=method, depth_variants=[4, 3, 1])
+    calibrate_from_sampler(model, sampler(), batches=1, batch_size=2)
+    lr, hr = sampler().sample(2)
+    model.train()
+    qsr_plugin.joint_variant_loss(model, lr, hr, F.l1_loss)[0].backward()  # warm caches
+    with _CountHostReads() as reads:
+        qsr_plugin.joint_variant_loss(model, lr, hr, F.l1_loss)[0].backward()
+    assert reads.count == 0
+    with _CountHostReads() as probe:  # the counter sees a read
+        assert lr.sum().item() > 0
+    assert probe.count == 1

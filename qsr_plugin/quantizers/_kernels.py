@@ -8,8 +8,10 @@ compute the same values up to floating-point summation order.
 
 Quantizers with one step per tensor (activations, per-tensor weights) use compiled kernels
 by default; ``QSR_COMPILE=0`` in the environment or ``use_compiled_kernels(False)`` selects
-eager ones. A step per channel always uses the eager kernels. If compilation fails (no C++
-compiler, an unsupported platform), the eager kernels take over with one warning.
+eager ones. A step per channel always uses the eager kernels. If tracing or compiling fails
+(no C++ compiler, an unsupported platform), the eager kernels take over for the rest of the
+process, with a one-line warning naming the cause; errors of the computation itself (out
+of memory, wrong shapes) propagate.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch._dynamo.exc import TorchDynamoException
 
 _settings = {"compile": None}
 
@@ -61,14 +64,18 @@ class Kernels:
             self._compiled = tuple(torch.compile(f, dynamic=True) for f in self._eager)
         try:
             return self._compiled[index](*args)
-        except Exception as error:  # compilation failed: fall back, say so once
+        except TorchDynamoException as error:
+            # Tracing or compiling failed. Arguments that are wrong fail eagerly too, and
+            # that error propagates; otherwise the compiler was at fault: fall back.
+            result = self._eager[index](*args)
             use_compiled_kernels(False)
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
             warnings.warn(
                 f"torch.compile of the fake-quantize kernels failed ({type(error).__name__}: "
-                f"{error}); using eager kernels, which are slower",
+                f"{cause}); using the eager kernels, which are slower",
                 stacklevel=4,
             )
-            return self._eager[index](*args)
+            return result
 
     def forward(self, *args):
         return self._call(0, *args)

@@ -8,13 +8,14 @@ straight-through rounding:
   so quantized weights lie in [-1, 1] whatever the float weights' scale.
 
 Nothing is learned and nothing depends on data, so these quantizers need no calibration.
+Half-precision inputs are quantized in fp32 and returned in their own dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._rounding import round_straight_through
+from ._rounding import round_straight_through, widened
 from .base import Quantizer
 
 
@@ -37,7 +38,7 @@ class DoReFaActivationQuantizer(Quantizer):
         super().__init__(bits, "activation")
 
     def quantize(self, x):
-        return _quantize_unit(x.clamp(0, 1), self.bits)
+        return _quantize_unit(widened(x).clamp(0, 1), self.bits).to(x.dtype)
 
 
 class DoReFaWeightQuantizer(Quantizer):
@@ -49,6 +50,6 @@ class DoReFaWeightQuantizer(Quantizer):
         super().__init__(bits, "weight")
 
     def quantize(self, w):
-        t = torch.tanh(w)
+        t = torch.tanh(widened(w))
         unit = t / (2 * t.abs().max()) + 0.5
-        return 2 * _quantize_unit(unit, self.bits) - 1
+        return (2 * _quantize_unit(unit, self.bits) - 1).to(w.dtype)

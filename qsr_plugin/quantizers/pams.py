@@ -10,6 +10,7 @@ inside. alpha starts at the largest |x| seen during initialisation (PAMS tracks 
 running maximum during its first epoch). Weights use the same symmetric grid with a
 fixed bound ``max|w|`` (per tensor, or per output channel), recomputed at every step.
 PAMS' structured knowledge transfer loss is a training recipe, not part of the quantizer.
+Half-precision inputs are quantized in fp32 and returned in their own dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._rounding import round_straight_through
+from ._rounding import round_straight_through, widened
 from .base import Quantizer
 
 MIN_BOUND = 1e-8
@@ -42,9 +43,9 @@ class PAMSActivationQuantizer(Quantizer):
 
     def quantize(self, x):
         scale = self.alpha.detach() / _symmetric_levels(self.bits)
-        clipped = torch.minimum(torch.maximum(x, -self.alpha), self.alpha)
+        clipped = torch.minimum(torch.maximum(widened(x), -self.alpha), self.alpha)
         # The whole rounding step is straight-through, so alpha only gets the clip gradient.
-        return clipped + ((clipped / scale).round() * scale - clipped).detach()
+        return (clipped + ((clipped / scale).round() * scale - clipped).detach()).to(x.dtype)
 
 
 class PAMSWeightQuantizer(Quantizer):
@@ -57,10 +58,10 @@ class PAMSWeightQuantizer(Quantizer):
         self.per_channel = per_channel
 
     def quantize(self, w):
-        levels = _symmetric_levels(self.bits)
+        levels, dtype, w = _symmetric_levels(self.bits), w.dtype, widened(w)
         if self.per_channel:
             bound = w.detach().abs().flatten(1).amax(dim=1).view(-1, *[1] * (w.dim() - 1))
         else:
             bound = w.detach().abs().max()
         scale = bound.clamp(min=MIN_BOUND) / levels
-        return round_straight_through(w / scale) * scale
+        return (round_straight_through(w / scale) * scale).to(dtype)

@@ -229,3 +229,20 @@ def test_amp_the_device_does_not_support_names_the_option(workdir, monkeypatch):
     monkeypatch.setattr(mixed_precision, "_autocast_supports", lambda device, dtype: False)
     with pytest.raises(OptionError, match=r"quantsr.amp: fp16 autocast is not supported on cpu"):
         build_model(parse(workdir, None, "quantsr:amp=fp16"))
+
+
+@pytest.mark.slow
+def test_fp16_training_state_keeps_the_grad_scaler(workdir):
+    force = ("quantsr:amp=fp16", "train:ema_decay=0")
+    options = parse(workdir, None, *force)
+    model = build_model(options)
+    model.feed_data(first_batch(options))
+    model.optimize_parameters(1)
+    model.precision.scaler.update(new_scale=1024.0)
+    Path(options["path"]["training_states"]).mkdir(parents=True, exist_ok=True)
+    model.save_training_state(epoch=0, current_iter=1)
+    state = torch.load(Path(options["path"]["training_states"]) / "1.state", weights_only=False)
+    resumed = build_model(parse(workdir, None, *force))
+    assert resumed.precision.scaler.get_scale() == 65536.0  # GradScaler's initial scale
+    resumed.resume_training(state)
+    assert resumed.precision.scaler.get_scale() == 1024.0

@@ -61,6 +61,7 @@ from basicsr.utils.dist_util import master_only  # noqa: E402
 from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 
 Depth = int | None
+GRAD_SCALER_KEY = "grad_scaler"  # in training states of fp16 runs
 
 
 def tagged(name: str, depth: Depth) -> str:
@@ -338,6 +339,12 @@ class QuantSRModel(SRModel):
         if tb_logger is not None:
             recorder.log_to_tensorboard(tb_logger, current_iter)
 
+    def resume_training(self, resume_state: dict) -> None:
+        """As BasicSR, plus the GradScaler's state when both the run and the state have one."""
+        super().resume_training(resume_state)
+        if self.precision.scaler is not None and GRAD_SCALER_KEY in resume_state:
+            self.precision.scaler.load_state_dict(resume_state[GRAD_SCALER_KEY])
+
     # -- saving --------------------------------------------------------------------------
     @master_only
     def save_network(self, net, net_label: str, current_iter: int, param_key="params") -> None:
@@ -353,7 +360,8 @@ class QuantSRModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's training state (optimizers, schedulers), written atomically."""
+        """BasicSR's training state (optimizers, schedulers; the GradScaler's with
+        ``quantsr.amp: fp16``), written atomically."""
         if current_iter == -1:
             return
         state = {
@@ -362,4 +370,6 @@ class QuantSRModel(SRModel):
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
         }
+        if self.precision.scaler is not None:
+            state[GRAD_SCALER_KEY] = self.precision.scaler.state_dict()
         save_atomically(state, Path(self.opt["path"]["training_states"]) / f"{current_iter}.state")
