@@ -10,6 +10,7 @@ The main entry point is :func:`quantize`.
 
 __version__ = "0.1.0"
 
+from ._basicsr_compat import install_legacy_alias
 from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
 from .export import export_onnx, freeze, load, save
@@ -27,6 +28,8 @@ from .rewrite.variants import (
     set_depth,
     use_depth,
 )
+
+install_legacy_alias()  # `from basicsr... import` then works on current torchvision
 
 __all__ = [
     "QuantConv2d",
