@@ -66,9 +66,15 @@ def summary(model: nn.Module) -> str:
             noun = "block" if depth == 1 else "blocks"
             lines.append(f"  {depth:>3} {noun}: {_ranges(sorted(container.variants[depth]))}")
     lines.append("layers (name, type, parameters, quantization):")
-    for name, module in model.named_modules():
-        if isinstance(module, COMPUTE_TYPES):
-            lines.append(_layer_line(name, module, record.kept_float))
+    first_name: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, COMPUTE_TYPES):
+            continue
+        if id(module) in first_name:  # a tied layer: one module under two paths
+            lines.append(f"  {name:<44} the same module as {first_name[id(module)]}")
+            continue
+        first_name[id(module)] = name
+        lines.append(_layer_line(name, module, record.kept_float))
     if record.functional_calls:
         lines.append("computed outside Conv2d/Linear layers, so kept in float (module: calls):")
         lines += [f"  {path}: {calls}" for path, calls in record.functional_calls.items()]
