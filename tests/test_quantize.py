@@ -261,7 +261,7 @@ def test_summary_reports_body_variants_and_layers():
     assert "body: body (4 x ResidualBlockNoBN)" in text
     assert "grown to 8" in text and "4 blocks: 0-3" in text
     assert "body.0.conv1" in text and "quantsr w2/a2" in text
-    assert "conv_first" in text and "float" in text
+    assert "conv_first" in text and "float (outside the body 'body', scope='body')" in text
 
 
 # -- bad input ------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_summary_lists_functional_calls_on_module_weights(real_batch):
     text = qsr_plugin.summary(model)
     assert "computed outside Conv2d/Linear layers, so kept in float" in text
     assert "blocks.1.attn: F.linear on blocks.1.attn.qkv.weight (train and eval mode)" in text
+    assert "float (matches exclude; did not run on the probe input)" in text
+    assert "float (outside the body 'blocks', scope='body')" in text
 
 
 def test_the_train_mode_probe_leaves_batch_norm_statistics_alone(real_batch):

@@ -45,6 +45,7 @@ class QuantizationRecord:
     quantized: list[str]
     kept_float: dict[str, str] = field(default_factory=dict)
     functional_calls: dict[str, str] = field(default_factory=dict)
+    left_float: dict[str, str] = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
@@ -269,6 +270,7 @@ def quantize(
             stacklevel=2,
         )
     name_quantizers(model)
+    ran = coverage.ran["train"] | coverage.ran["eval"]
     model.__dict__[RECORD_ATTRIBUTE] = QuantizationRecord(
         config=config,
         body=body,
@@ -278,5 +280,9 @@ def quantize(
         quantized=selection.quantize,
         kept_float=selection.kept_float,
         functional_calls=coverage.functional,
+        left_float={
+            name: reason if name in ran else f"{reason}; did not run on the probe input"
+            for name, reason in selection.left_float.items()
+        },
     )
     return wrapper

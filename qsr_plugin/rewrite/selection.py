@@ -13,10 +13,12 @@ from .analysis import COMPUTE_TYPES
 
 @dataclass(frozen=True)
 class Selection:
-    """The layers to quantize, and the in-scope layers kept in float with the reason."""
+    """The layers to quantize, the in-scope layers kept in float with the reason, and why
+    each layer that stays float does (``left_float``, every Conv2d/Linear not quantized)."""
 
     quantize: list[str]
     kept_float: dict[str, str]
+    left_float: dict[str, str]
 
 
 def _compute_layers(model: nn.Module) -> list[str]:
@@ -68,12 +70,22 @@ def select_layers(
     else:
         ends = {compute_order[0], compute_order[-1]} if compute_order else set()
         chosen = set(names) - ends
+    out_of_scope = (
+        f"outside the body {body_path!r}, scope='body'"
+        if scope == "body"
+        else "the first or last layer to run, scope='all'"
+    )
+    left_float = dict.fromkeys(set(names) - chosen, out_of_scope)
     chosen |= _matching(names, include, "include")
-    chosen -= _matching(names, exclude, "exclude")
+    excluded = _matching(names, exclude, "exclude")
+    left_float.update(dict.fromkeys(excluded, "matches exclude"))
+    chosen -= excluded
     kept_float = {}
     for name in sorted(chosen):
         reason = _unsupported_reason(model.get_submodule(name))
         if reason:
             kept_float[name] = reason
+            left_float[name] = "unsupported: " + reason.split(";")[0]
     quantize = [n for n in names if n in chosen and n not in kept_float]
-    return Selection(quantize, kept_float)
+    left_float = {n: left_float[n] for n in names if n in left_float and n not in quantize}
+    return Selection(quantize, kept_float, left_float)
