@@ -10,6 +10,10 @@ from torch import nn
 from ..layers import FLOAT_TO_QUANTIZED
 from .analysis import COMPUTE_TYPES
 
+IDLE_REASON = (
+    "did not run on the probe input, in training or eval mode (its quantizers would never see data)"
+)
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -57,8 +61,10 @@ def select_layers(
     compute_order: list[str],
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    idle: set[str] = frozenset(),
 ) -> Selection:
-    """Apply scope, then ``include`` and ``exclude`` patterns; set aside unsupported layers.
+    """Apply scope, then ``include`` and ``exclude`` patterns; set aside unsupported layers
+    and ``idle`` ones (which ran neither in training nor in eval mode on the probe).
 
     ``scope="body"`` takes every Conv2d/Linear under ``body_path``; ``scope="all"`` every
     Conv2d/Linear except the first and last ones that run (``compute_order``).
@@ -82,6 +88,9 @@ def select_layers(
     chosen -= excluded
     kept_float = {}
     for name in sorted(chosen):
+        if name in idle:
+            kept_float[name] = left_float[name] = IDLE_REASON
+            continue
         reason = _unsupported_reason(model.get_submodule(name))
         if reason:
             kept_float[name] = reason
