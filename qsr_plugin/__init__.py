@@ -10,6 +10,8 @@ The main entry point is :func:`quantize`.
 
 __version__ = "0.1.0"
 
+from ._basicsr_compat import install_legacy_alias
+from ._torch_logs import drop_no_cuda_runtime_warning
 from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
 from .export import export_onnx, freeze, load, save
@@ -27,6 +29,9 @@ from .rewrite.variants import (
     set_depth,
     use_depth,
 )
+
+install_legacy_alias()  # `from basicsr... import` then works on current torchvision
+drop_no_cuda_runtime_warning()  # printed by torch.compile on CPU machines with nvcc
 
 __all__ = [
     "QuantConv2d",

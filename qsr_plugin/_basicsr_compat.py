@@ -2,10 +2,13 @@
 
 basicsr 1.4.2 imports ``rgb_to_grayscale`` from ``torchvision.transforms.functional_tensor``,
 a module that newer torchvision releases renamed to ``_functional_tensor``. When the old name
-is gone, an alias is registered in ``sys.modules`` before basicsr is imported.
+is gone, an import finder that ``import qsr_plugin`` installs supplies it (so that
+``from basicsr.archs... import ...`` works in user code too).
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
 
@@ -25,14 +28,28 @@ def _legacy_module_substitute() -> types.ModuleType:
         return module
 
 
-def _ensure_legacy_functional_tensor() -> None:
-    """Registers the ``functional_tensor`` alias when torchvision no longer provides it."""
-    try:
-        importlib.import_module(_LEGACY_NAME)
-    except ModuleNotFoundError as err:
-        if err.name != _LEGACY_NAME:
-            raise
-        sys.modules[_LEGACY_NAME] = _legacy_module_substitute()
+class _LegacyAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Supplies ``functional_tensor`` when it is imported and no other finder has it."""
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == _LEGACY_NAME else None
+
+    def create_module(self, spec):
+        return _legacy_module_substitute()
+
+    def exec_module(self, module) -> None:
+        """Nothing to run: the substitute is complete."""
+
+
+def install_legacy_alias() -> None:
+    """Let ``torchvision.transforms.functional_tensor`` import on torchvision releases without it.
+
+    ``import qsr_plugin`` calls this, so user code can import from ``basicsr`` directly
+    afterwards. The finder goes last on ``sys.meta_path``: a torchvision that still has the
+    module provides it itself, and nothing is imported until basicsr asks for it.
+    """
+    if not any(isinstance(finder, _LegacyAliasFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_LegacyAliasFinder())
 
 
 def import_basicsr() -> types.ModuleType:
@@ -48,7 +65,7 @@ def import_basicsr() -> types.ModuleType:
         ImportError: basicsr (or one of its dependencies) could not be imported.
     """
     try:
-        _ensure_legacy_functional_tensor()
+        install_legacy_alias()
         return importlib.import_module("basicsr")
     except ImportError as err:
         raise ImportError(

@@ -4,12 +4,19 @@ The content goes to a temporary file in the destination's folder, which is flush
 fsync-ed, then renamed over the destination (``os.replace``, atomic within one filesystem);
 the folder is fsync-ed so the rename survives a crash. If anything fails, the temporary
 file is removed and the destination is untouched: readers see the old file or the new one.
+
+A process killed while writing (``kill -9``, power loss) cannot remove its temporary file:
+it stays beside the destination as ``.<stem>.<pid>.<random><suffix>``. The next write to
+that destination removes such files whose process no longer runs (POSIX; on other systems
+they stay until removed by hand). The destination itself is never left half written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +36,27 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(fd)
 
 
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed writes to ``path`` left behind (POSIX)."""
+    if os.name != "posix":
+        return
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(\d+)\.[^.]+{re.escape(path.suffix)}")
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*"):
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_file() and not _is_running(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
 def _temporary_beside(path: Path) -> Path:
     directory = path.parent
     if not directory.is_dir():
@@ -37,8 +65,11 @@ def _temporary_beside(path: Path) -> Path:
         )
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name")
+    _remove_stale_temporaries(path)
     try:
-        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=path.suffix)
+        fd, name = tempfile.mkstemp(
+            dir=directory, prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix
+        )
     except PermissionError as error:
         raise PermissionError(
             f"cannot write {path}: no permission to create files in {directory}"

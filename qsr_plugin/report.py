@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .cost_count import ForwardCost, count_forward
-from .export.quantized_layers import quantized_layers, require_quantized
+from .export.quantized_layers import quantized_layers, require_deployable, require_quantized
 from .export.safetensors_io import save, unique_state
 from .quantizers import quantizers_of
 from .rewrite.depth import depth_switchable_bodies
@@ -283,6 +283,8 @@ def report(
     ):
         raise ValueError(f"input_size must be a tuple of positive ints, got {input_size!r}")
     input_size = tuple(input_size)
+    if saved_file:
+        require_deployable(model, "report() (pass saved_file=False to count only)")
     record = quantization_record(model)
     spec = record.config.layer_spec()
     label = spec.method

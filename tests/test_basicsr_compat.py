@@ -109,3 +109,14 @@ def test_failed_import_raises_clear_error_and_keeps_existing_module():
     assert "could not import basicsr" in report["message"]
     assert "pip install" in report["message"]
     assert report["kept"]
+
+
+USER_CODE_SCRIPT = """
+import json, qsr_plugin
+from basicsr.archs.srresnet_arch import MSRResNet
+print(json.dumps({"arch": MSRResNet.__name__}))
+"""
+
+
+def test_import_qsr_plugin_lets_user_code_import_basicsr_archs():
+    assert run_script(USER_CODE_SCRIPT)["arch"] == "MSRResNet"

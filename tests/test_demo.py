@@ -318,6 +318,7 @@ def test_unwritable_output_folder_is_refused(tmp_path):
     [
         (["--bits", "9"], r"--bits 9 is not a quantized bit width: give values in 2\.\.8"),
         (["--bits", "32"], r"--bits 32 is not a quantized bit width"),
+        (["--bits", "1"], r"--bits 1 is not .* reported beside them\); nothing was run"),
         (["--bits", "4", "4"], r"--bits has duplicates: \[4, 4\]"),
         (["--depths", "4", "0"], r"--depths 4 0: the 2-block SRResNet cannot take .*positive"),
         (["--depths", "2", "2"], r"cannot take these settings: depth_variants has duplicates"),

@@ -122,6 +122,16 @@ def test_growing_the_body_keeps_the_float_function_before_quantization(real_batc
     assert torch.equal(body[4].conv1.weight, body[body.grown_from[0]].conv1.weight)
 
 
+def test_growing_a_body_more_than_4x_is_refused_and_4x_is_allowed(real_batch):
+    x = real_batch((1, 3, 16, 16))
+    model = arch_by_name("MSRResNet").build()  # 4 blocks
+    with pytest.raises(ValueError, match=r"grow the body of 4 blocks to 100, more than 4 x"):
+        qsr_plugin.quantize(model, bits=4, depth_variants=[100], example_input=x)
+    assert qsr_plugin.quantization_record(model) is None
+    qsr_plugin.quantize(model, bits=4, depth_variants=[16, 4], example_input=x)
+    assert len(model.body.block_names) == 16
+
+
 def test_grown_blocks_learn_through_their_gate(real_batch):
     model = qsr_plugin.quantize(arch_by_name("MSRResNet").build(), bits=4, depth_variants=[6, 4])
     x = real_batch((2, 3, 16, 16))
@@ -251,7 +261,7 @@ def test_summary_reports_body_variants_and_layers():
     assert "body: body (4 x ResidualBlockNoBN)" in text
     assert "grown to 8" in text and "4 blocks: 0-3" in text
     assert "body.0.conv1" in text and "quantsr w2/a2" in text
-    assert "conv_first" in text and "float" in text
+    assert "conv_first" in text and "float (outside the body 'body', scope='body')" in text
 
 
 # -- bad input ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 from _deploy_models import arch
+from torch import nn
 
 import qsr_plugin
 from qsr_plugin.rewrite.coverage import observe
@@ -51,18 +52,19 @@ def test_ecbsr_whose_eval_forward_bypasses_its_convs_is_refused_and_left_float(r
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_beit_attention_that_calls_f_linear_on_its_qkv_weight_is_refused(real_batch):
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv, blocks\.1\.attn\.qkv do not run"):
-        qsr_plugin.quantize(small_beit(), bits=4, example_input=real_batch((1, 3, 32, 32)))
-
-
-def test_summary_lists_functional_calls_on_module_weights(real_batch):
-    model = qsr_plugin.quantize(
-        small_beit(), bits=4, exclude=["*.qkv"], example_input=real_batch((1, 3, 32, 32))
-    )
+def test_beit_qkv_layers_that_never_run_stay_float_and_summary_says_why(real_batch):
+    # BEiT's attention computes F.linear(x, self.qkv.weight, ...) instead of calling qkv.
+    with pytest.warns(
+        UserWarning, match=r"blocks\.0\.attn\.qkv: did not run on the probe input, in training "
+    ):
+        model = qsr_plugin.quantize(small_beit(), bits=4, example_input=real_batch((1, 3, 32, 32)))
+    assert type(model.blocks[0].attn.qkv) is nn.Linear
+    assert isinstance(model.blocks[0].attn.proj, qsr_plugin.QuantLinear)
     text = qsr_plugin.summary(model)
     assert "computed outside Conv2d/Linear layers, so kept in float" in text
     assert "blocks.1.attn: F.linear on blocks.1.attn.qkv.weight (train and eval mode)" in text
+    assert "float (did not run on the probe input, in training or eval mode" in text
+    assert "float (outside the body 'blocks', scope='body')" in text
 
 
 def test_the_train_mode_probe_leaves_batch_norm_statistics_alone(real_batch):

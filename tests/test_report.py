@@ -133,7 +133,9 @@ def test_report_refuses_a_float_model_and_bad_sizes_and_needs_values_to_save():
     ):
         qsr_plugin.report(model, input_size=(3, 0, 16))
     with pytest.raises(
-        RuntimeError, match=r"save\(\): body\.0\.conv1\.act_quant was never initial"
+        RuntimeError,
+        match=r"^report\(\) \(pass saved_file=False to count only\): body\.0\.conv1\.act_quant "
+        r"was never initial",
     ):
         qsr_plugin.report(model, input_size=(3, 16, 16))
     counted = qsr_plugin.report(model, input_size=(3, 16, 16), saved_file=False)

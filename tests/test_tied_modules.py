@@ -2,6 +2,7 @@
 
 import json
 
+import onnxruntime
 import pytest
 import safetensors
 import torch
@@ -51,3 +52,20 @@ def test_freeze_keeps_the_tie_and_computes_what_the_model_computes():
 def test_depth_variants_on_a_tied_body_are_refused_naming_both_paths():
     with pytest.raises(ValueError, match=r"body\.0 and body\.1 are the same block object"):
         tied_msrresnet(depth_variants=[4, 2], body="body")
+
+
+def test_onnx_export_of_the_frozen_tied_model_runs_like_pytorch(tmp_path):
+    frozen = qsr_plugin.freeze(as_trained(tied_msrresnet()))
+    x = lr_patches("Set5", count=2)
+    path = qsr_plugin.export_onnx(frozen, tmp_path / "tied.onnx", x)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = frozen(x).numpy()
+    assert abs(got - expected).max() <= 1e-6  # these small models: every value within 1e-6
+
+
+def test_summary_lists_the_tied_block_under_both_paths():
+    text = qsr_plugin.summary(tied_msrresnet())
+    assert "body.0.conv1                                 QuantConv2d" in text
+    assert "body.1.conv1                                 the same module as body.0.conv1" in text

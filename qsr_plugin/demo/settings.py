@@ -146,8 +146,8 @@ def check_numbers(settings: DemoSettings) -> None:
     for bits in settings.bits:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise DemoInputError(
-                f"--bits {bits!r} is not a quantized bit width: give values in 2..8 "
-                "(the float model is trained and reported anyway)"
+                f"--bits {bits!r} is not a quantized bit width: give values in 2..8 (the "
+                "float model is always trained and reported beside them); nothing was run"
             )
 
 

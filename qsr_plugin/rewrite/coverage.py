@@ -3,8 +3,8 @@ and linear maps it computes itself with ``F.conv2d``/``F.linear``.
 
 ``quantize()`` replaces layers by quantized ones; a forward that bypasses a layer in one mode
 (ECBSR's ``ECB`` re-parameterises its branches into one ``F.conv2d`` in eval mode) would leave
-the model float there, so ``quantize()`` refuses it, and ``summary()`` lists the functional
-calls, which stay float.
+the model float there, so ``quantize()`` refuses it; a layer that runs in neither mode stays
+float, and ``summary()`` lists the functional calls, which stay float too.
 """
 
 from __future__ import annotations
@@ -133,7 +133,10 @@ def observe(model: nn.Module, probe: torch.Tensor) -> Coverage:
 
 
 def require_run(coverage: Coverage, quantized: list[str], compute_paths: set[str]) -> None:
-    """Raise unless every layer to quantize (that the float model has) runs in both modes."""
+    """Raise unless every layer to quantize (that the float model has) runs in both modes.
+
+    Layers that run in neither mode are left float by the selection before this check.
+    """
     for mode in MODES:
         idle = [p for p in quantized if p in compute_paths and p not in coverage.ran[mode]]
         if not idle:

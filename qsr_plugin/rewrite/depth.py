@@ -11,6 +11,7 @@ Each is a copy of an original block, runs right after it, and computes
 training the grown model computes exactly what the original computed. New blocks are named
 after the original ones (``body.16`` ... for a 16-block body), so original state-dict keys
 do not change; the variant with the original depth runs exactly the original blocks.
+A body grows to at most ``MAX_GROWTH`` (4) times its depth; deeper variants are refused.
 
 Which blocks a variant of depth d runs (the membership policy):
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 POLICIES = ("spread", "prefix")
+MAX_GROWTH = 4  # the deepest variant may have at most this many times the body's blocks
 
 
 def van_der_corput_order(count: int) -> list[int]:
@@ -66,10 +68,18 @@ def plan_variants(
     """Block indices run by each depth variant (indices >= ``original`` are grown blocks).
 
     Raises:
-        ValueError: unknown policy, or explicit members that do not fit their depth.
+        ValueError: unknown policy, a variant deeper than ``MAX_GROWTH`` x ``original``, or
+            explicit members that do not fit their depth.
     """
     if policy not in POLICIES:
         raise ValueError(f"depth_policy must be one of {POLICIES}, got {policy!r}")
+    if max(depths) > MAX_GROWTH * original:
+        raise ValueError(
+            f"depth_variants={list(depths)}: the deepest variant would grow the body of "
+            f"{original} blocks to {max(depths)}, more than {MAX_GROWTH} x its depth (grown "
+            "blocks are copies of the originals that start as identities, so most would learn "
+            f"little); use depths up to {MAX_GROWTH * original} or a model with a deeper body"
+        )
     total = max(max(depths), original)
     grown = total - original
     if policy == "spread":

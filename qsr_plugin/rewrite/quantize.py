@@ -45,6 +45,7 @@ class QuantizationRecord:
     quantized: list[str]
     kept_float: dict[str, str] = field(default_factory=dict)
     functional_calls: dict[str, str] = field(default_factory=dict)
+    left_float: dict[str, str] = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
@@ -187,9 +188,10 @@ def quantize(
     Raises:
         TypeError: ``model`` is not an nn.Module.
         ValueError: bad settings, an already quantized model, no layer to quantize, a layer
-            to quantize that the forward does not run in training or eval mode (ECBSR's
-            re-parameterised eval path), or a body that cannot take depth variants; the
-            message names the module or argument.
+            to quantize that the forward runs in training mode but not in eval mode or the
+            other way round (ECBSR's re-parameterised eval path), or a body that cannot take
+            depth variants; the message names the module or argument. Layers that run in
+            neither mode stay float, with a warning.
         RuntimeError: replacing a layer or the body failed unexpectedly; the message names
             the module and the fix, and the model is left unchanged.
 
@@ -243,6 +245,7 @@ def quantize(
             analysis.compute_order,
             config.include,
             config.exclude,
+            idle=float_layers - coverage.ran["train"] - coverage.ran["eval"],
         )
         if not selection.quantize:
             raise ValueError(
@@ -278,5 +281,6 @@ def quantize(
         quantized=selection.quantize,
         kept_float=selection.kept_float,
         functional_calls=coverage.functional,
+        left_float=selection.left_float,
     )
     return wrapper

@@ -10,13 +10,19 @@ from torch import nn
 from ..layers import FLOAT_TO_QUANTIZED
 from .analysis import COMPUTE_TYPES
 
+IDLE_REASON = (
+    "did not run on the probe input, in training or eval mode (its quantizers would never see data)"
+)
+
 
 @dataclass(frozen=True)
 class Selection:
-    """The layers to quantize, and the in-scope layers kept in float with the reason."""
+    """The layers to quantize, the in-scope layers kept in float with the reason, and why
+    each layer that stays float does (``left_float``, every Conv2d/Linear not quantized)."""
 
     quantize: list[str]
     kept_float: dict[str, str]
+    left_float: dict[str, str]
 
 
 def _compute_layers(model: nn.Module) -> list[str]:
@@ -55,8 +61,10 @@ def select_layers(
     compute_order: list[str],
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    idle: set[str] = frozenset(),
 ) -> Selection:
-    """Apply scope, then ``include`` and ``exclude`` patterns; set aside unsupported layers.
+    """Apply scope, then ``include`` and ``exclude`` patterns; set aside unsupported layers
+    and ``idle`` ones (which ran neither in training nor in eval mode on the probe).
 
     ``scope="body"`` takes every Conv2d/Linear under ``body_path``; ``scope="all"`` every
     Conv2d/Linear except the first and last ones that run (``compute_order``).
@@ -68,12 +76,25 @@ def select_layers(
     else:
         ends = {compute_order[0], compute_order[-1]} if compute_order else set()
         chosen = set(names) - ends
+    out_of_scope = (
+        f"outside the body {body_path!r}, scope='body'"
+        if scope == "body"
+        else "the first or last layer to run, scope='all'"
+    )
+    left_float = dict.fromkeys(set(names) - chosen, out_of_scope)
     chosen |= _matching(names, include, "include")
-    chosen -= _matching(names, exclude, "exclude")
+    excluded = _matching(names, exclude, "exclude")
+    left_float.update(dict.fromkeys(excluded, "matches exclude"))
+    chosen -= excluded
     kept_float = {}
     for name in sorted(chosen):
+        if name in idle:
+            kept_float[name] = left_float[name] = IDLE_REASON
+            continue
         reason = _unsupported_reason(model.get_submodule(name))
         if reason:
             kept_float[name] = reason
+            left_float[name] = "unsupported: " + reason.split(";")[0]
     quantize = [n for n in names if n in chosen and n not in kept_float]
-    return Selection(quantize, kept_float)
+    left_float = {n: left_float[n] for n in names if n in left_float and n not in quantize}
+    return Selection(quantize, kept_float, left_float)

@@ -23,13 +23,13 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def _layer_line(name: str, module: nn.Module, kept_float: dict[str, str]) -> str:
+def _layer_line(name: str, module: nn.Module, left_float: dict[str, str]) -> str:
     params = sum(p.numel() for p in (module.weight, module.bias) if p is not None)
     if is_quantized_layer(module):
         spec = module.spec
         how = f"{spec.method} w{spec.weight_bits}/a{spec.act_bits}"
-    elif name in kept_float:
-        how = "float (unsupported: " + kept_float[name].split(";")[0] + ")"
+    elif name in left_float:
+        how = f"float ({left_float[name]})"
     else:
         how = "float"
     return f"  {name:<44} {type(module).__name__:<12} {params:>10,}  {how}"
@@ -66,9 +66,15 @@ def summary(model: nn.Module) -> str:
             noun = "block" if depth == 1 else "blocks"
             lines.append(f"  {depth:>3} {noun}: {_ranges(sorted(container.variants[depth]))}")
     lines.append("layers (name, type, parameters, quantization):")
-    for name, module in model.named_modules():
-        if isinstance(module, COMPUTE_TYPES):
-            lines.append(_layer_line(name, module, record.kept_float))
+    first_name: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, COMPUTE_TYPES):
+            continue
+        if id(module) in first_name:  # a tied layer: one module under two paths
+            lines.append(f"  {name:<44} the same module as {first_name[id(module)]}")
+            continue
+        first_name[id(module)] = name
+        lines.append(_layer_line(name, module, record.left_float))
     if record.functional_calls:
         lines.append("computed outside Conv2d/Linear layers, so kept in float (module: calls):")
         lines += [f"  {path}: {calls}" for path, calls in record.functional_calls.items()]

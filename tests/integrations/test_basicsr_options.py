@@ -115,6 +115,23 @@ def test_misspelt_quantsr_key_is_named(smoke_options):
         quantize_config(smoke_options)
 
 
+@pytest.mark.parametrize("misspelt", ["variant_loss_weight", "variant_loss_wieghts"])
+def test_misspelt_train_key_is_refused_with_did_you_mean(smoke_options, misspelt):
+    smoke_options["train"][misspelt] = [1, 1]
+    with pytest.raises(
+        OptionError,
+        match=rf"train\.{misspelt} is not a setting; did you mean "
+        r"train\.variant_loss_weights\?",
+    ):
+        check_options(smoke_options)
+
+
+def test_basicsr_train_keys_are_not_taken_for_misspellings(smoke_options):
+    assert set(smoke_options["train"]) >= {"pixel_opt", "total_iter", "optim_g"}
+    depths = list(quantize_config(smoke_options).depth_variants)
+    assert list(variant_loss_weights(smoke_options, depths)) == depths
+
+
 def test_bad_quantsr_value_is_named(smoke_options):
     smoke_options["quantsr"]["bits"] = 9
     with pytest.raises(OptionError, match=r"invalid 'quantsr' section: bits must be in 2..8"):

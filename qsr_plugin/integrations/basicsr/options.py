@@ -19,6 +19,7 @@ A QuantSR option file is an ordinary BasicSR file with ``model_type: QuantSRMode
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ MODEL_TYPE = "QuantSRModel"
 SECTION = "quantsr"
 WEIGHTS_KEY = "variant_loss_weights"
 AMP_KEY = "amp"  # a training setting in the quantsr section, not a QuantizeConfig field
+PLUGIN_TRAIN_KEYS = (WEIGHTS_KEY,)  # the keys of BasicSR's train: section that the plugin reads
 REGISTRY_SUFFIX = "_basicsr"
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -117,6 +119,19 @@ def amp_setting(options: Mapping[str, Any]) -> str | None:
         raise OptionError(str(err)) from None
 
 
+def _refuse_misspelt_plugin_keys(train: Mapping[str, Any]) -> None:
+    """Refuse a ``train:`` key that is a near miss of the plugin's own (BasicSR's keys pass)."""
+    for key in train:
+        if key in PLUGIN_TRAIN_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), PLUGIN_TRAIN_KEYS, n=1, cutoff=0.85)
+        if close:
+            raise OptionError(
+                f"train.{key} is not a setting; did you mean train.{close[0]}? (a misspelt "
+                "key would be ignored silently)"
+            )
+
+
 def variant_loss_weights(
     options: Mapping[str, Any], depths: list[int | None]
 ) -> dict[int | None, float]:
@@ -126,10 +141,13 @@ def variant_loss_weights(
     ``{depth: weight}`` naming every variant.
 
     Raises:
-        OptionError: wrong number of weights, unknown depths, negative or non-numeric
-            weights, or all weights zero.
+        OptionError: a misspelt key (``variant_loss_weight``: did you mean ...), wrong
+            number of weights, unknown depths, negative or non-numeric weights, or all
+            weights zero.
     """
-    given = (options.get("train") or {}).get(WEIGHTS_KEY)
+    train = options.get("train") or {}
+    _refuse_misspelt_plugin_keys(train)
+    given = train.get(WEIGHTS_KEY)
     key = f"train.{WEIGHTS_KEY}"
     if given is None:
         return dict.fromkeys(depths, 1.0)
