@@ -31,7 +31,7 @@ from .models import MSRRESNET, SWINIR_S, set14_lr_crops
 from .report import describe, machine, save
 
 FULL = {"backbones": (MSRRESNET, SWINIR_S), "sizes": (64, 128), "threads": (1, 2), "rounds": 7}
-QUICK = {"backbones": (MSRRESNET,), "sizes": (64,), "threads": (1,), "rounds": 3}
+QUICK = {"backbones": (MSRRESNET,), "sizes": (64, 128), "threads": (1, 2), "rounds": 5}
 BITS = (4, 2)
 
 
