@@ -118,5 +118,6 @@ print(json.dumps({"arch": MSRResNet.__name__}))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_import_qsr_plugin_lets_user_code_import_basicsr_archs():
     assert run_script(USER_CODE_SCRIPT)["arch"] == "MSRResNet"

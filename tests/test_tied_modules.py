@@ -54,6 +54,7 @@ def test_depth_variants_on_a_tied_body_are_refused_naming_both_paths():
         tied_msrresnet(depth_variants=[4, 2], body="body")
 
 
+@pytest.mark.slow  # onnx export and onnxruntime
 def test_onnx_export_of_the_frozen_tied_model_runs_like_pytorch(tmp_path):
     frozen = qsr_plugin.freeze(as_trained(tied_msrresnet()))
     x = lr_patches("Set5", count=2)

@@ -18,6 +18,7 @@ import torch.utils.cpp_extension
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 @pytest.mark.parametrize("plugin", ["with", "without"])
 def test_import_qsr_plugin_drops_torch_no_cuda_runtime_warning(tmp_path, plugin):
     env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}

@@ -271,7 +271,10 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     state.update(tensors)
     for key, target in _json_field(metadata, "aliases", path).items():
         if target not in state:
-            raise ValueError(f"load(): {path}: alias {key} points to {target}, which is not stored")
+            raise ValueError(
+                f"load(): {path}: alias {key} points to {target}, which the file does not "
+                "hold; save the model again"
+            )
         state[key] = state[target]  # a tied tensor: stored once, maybe in the packed tables
     missing = sorted(set(current) - set(state))
     unexpected = sorted(set(state) - set(current))
