@@ -35,7 +35,8 @@ def test_export_writes_one_integer_graph_per_depth_and_prints_latencies(weights,
         file = tmp_path / f"sr_d{depth}.onnx"
         assert f"depth {depth}" in printed and str(file) in printed
         graph = onnx.load(file).graph
-        assert any(n.op_type == "QLinearConv" for n in graph.node)
+        integer = sum(n.op_type in ("QLinearConv", "ConvInteger") for n in graph.node)
+        assert integer == 2 * depth  # every block's two convolutions on integer kernels
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
