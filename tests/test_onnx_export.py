@@ -37,7 +37,9 @@ def run_onnx(path, x):
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
-def check_export(model, depth, tmp_path, **options):
+def export_and_difference(model, depth, tmp_path, **options):
+    """Freeze and export ``model``; the frozen model, the ONNX model and the per-value
+    difference of the two outputs on two Set5 patches."""
     frozen = qsr_plugin.freeze(model, depth=depth)
     x = lr_patches("Set5", count=2, seed=3)
     path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x, **options)
@@ -45,9 +47,13 @@ def check_export(model, depth, tmp_path, **options):
         expected = frozen(x).numpy()
     got = run_onnx(path, x)
     assert got.shape == expected.shape
-    difference = np.abs(got - expected)
+    return frozen, onnx.load(path), np.abs(got - expected)
+
+
+def check_export(model, depth, tmp_path, **options):
+    frozen, proto, difference = export_and_difference(model, depth, tmp_path, **options)
     assert np.mean(difference <= CLOSE) >= WITHIN_CLOSE and difference.max() <= FAR
-    return frozen, onnx.load(path)
+    return frozen, proto
 
 
 def op_counts(graph):
@@ -168,12 +174,8 @@ EXACT = 1e-5
 
 
 def exact_export(model, depth, tmp_path, **options):
-    frozen = qsr_plugin.freeze(model, depth=depth)
-    x = lr_patches("Set5", count=2, seed=3)
-    path = qsr_plugin.export_onnx(frozen, tmp_path / "model.onnx", x, **options)
-    with torch.no_grad():
-        expected = frozen(x).numpy()
-    return frozen, onnx.load(path), np.abs(run_onnx(path, x) - expected).max()
+    frozen, proto, difference = export_and_difference(model, depth, tmp_path, **options)
+    return frozen, proto, difference.max()
 
 
 @pytest.mark.parametrize("bits", [4, 2])
