@@ -114,7 +114,7 @@ def _agreement(run, frozen, images: torch.Tensor) -> dict:
 def benchmark_backbone(backbone, size: int, settings: dict, folder: Path) -> dict:
     """Export every candidate for one backbone and LR size, then time them per thread count."""
     calibration = torch.stack(set14_lr_crops(size)[:4])
-    test_images = torch.stack(_set5_crops(size))
+    test_images = torch.stack(set14_lr_crops(size, image_set="Set5"))
     x = calibration[:1]
     float_model = backbone.build().eval()
     float_path = _float_onnx(float_model, folder / f"float_{size}.onnx", x)
@@ -169,13 +169,6 @@ def benchmark_backbone(backbone, size: int, settings: dict, folder: Path) -> dic
         "agreement_with_freeze": agreement,
         "rows": rows,
     }
-
-
-def _set5_crops(size: int) -> list[torch.Tensor]:
-    from qsr_plugin import sr_data
-
-    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set5")), 4)
-    return [sr_data.to_tensor(lr[:size, :size]) for _, lr, _ in pairs if min(lr.shape[:2]) >= size]
 
 
 def markdown(result: dict) -> str:

@@ -91,10 +91,10 @@ SWINIR_S = Backbone(
 SPEED_BACKBONES = {"msrresnet": MSRRESNET, "swinir_s": SWINIR_S}
 
 
-def set14_lr_crops(size: int, scale: int = 4) -> list[torch.Tensor]:
-    """Top-left ``size`` x ``size`` crops of the Set14 LR images (MATLAB bicubic, x``scale``)
-    that are at least that large, as (3, size, size) tensors."""
-    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set("Set14")), scale)
+def set14_lr_crops(size: int, scale: int = 4, image_set: str = "Set14") -> list[torch.Tensor]:
+    """Top-left ``size`` x ``size`` crops of the LR images of ``image_set`` (Set14 unless told;
+    MATLAB bicubic, x``scale``) that are at least that large, as (3, size, size) tensors."""
+    pairs = sr_data.make_pairs(sr_data.load_hr_images(sr_data.find_image_set(image_set)), scale)
     return [sr_data.to_tensor(lr[:size, :size]) for _, lr, _ in pairs if min(lr.shape[:2]) >= size]
 
 
