@@ -1,22 +1,27 @@
 """Accuracy benchmark: PSNR/SSIM of 4- and 2-bit QAT methods from one float model.
 
-A small MSRResNet is trained in float on T91 patches (cached, see ``float_cache``), then
-each method quantizes a copy of it and runs quantization-aware training with the same
-steps, learning rate, batches (same sampler seed) and starting weights:
+An MSRResNet is trained in float on T91 patches (cached, see ``float_cache``), then each
+method quantizes a copy of it and runs quantization-aware training with the same steps,
+learning rate, batches (same sampler seed) and starting weights:
 
-- qsr_plugin's ``quantsr`` (with DQA: depth variants trained jointly), ``lsq``, ``pams``
-  and ``dorefa``;
+- qsr_plugin's ``quantsr`` with DQA (the body grown to twice its depth, variants 2N, N and
+  N/2 trained jointly) under the ``spread`` and the ``importance`` depth policies, with
+  and without distillation from the float model; ``quantsr`` at one depth, with and
+  without distillation; ``lsq`` with and without distillation; ``pams`` and ``dorefa``;
 - PyTorch's QAT (``torch.ao`` FX ``prepare_qat_fx``) and brevitas on the same layers;
-- QuantSR ablations: one depth instead of DQA, straight-through rounding (phi_k=0),
-  no learnable shift tau (shift=False).
+- QuantSR ablations at one depth: straight-through rounding (phi_k=0), no learnable
+  shift tau (shift=False).
 
 Every model is scored on Set5 and Set14 (Y channel, ``scale`` pixels cropped at each
-border), with bicubic upscaling and the float model as references.
+border), with bicubic upscaling and the float model as references. Rows are handed to a
+``checkpoint`` callback as they come, and a run given the rows of an earlier run with the
+same settings (``previous``) computes only the rows that are missing.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -81,8 +86,8 @@ QUICK = AccuracySettings(
     float_steps=600, float_lr=1e-3, qat_steps=80, qat_lr=2e-4,
 )  # fmt: skip
 FULL = AccuracySettings(
-    num_feat=32, num_block=8, scale=2, patch=32, batch=16,
-    float_steps=3000, float_lr=1e-3, qat_steps=400, qat_lr=2e-4,
+    num_feat=48, num_block=8, scale=2, patch=24, batch=16,
+    float_steps=4000, float_lr=1e-3, qat_steps=300, qat_lr=2e-4,
 )  # fmt: skip
 
 
@@ -95,6 +100,7 @@ class Method:
         tool: ``"qsr_plugin"``, ``"torch.ao"`` or ``"brevitas"``.
         quantize: ``qsr_plugin.quantize`` settings (tool ``qsr_plugin`` only).
         dqa: train the depth variants jointly and report every depth.
+        distill: distil from the float model (output and per-block features, weights 1).
         ablation: part of the QuantSR ablation table rather than the comparison.
     """
 
@@ -102,18 +108,25 @@ class Method:
     tool: str = "qsr_plugin"
     quantize: dict = field(default_factory=dict)
     dqa: bool = False
+    distill: bool = False
     ablation: bool = False
 
 
-QUANTSR_DQA = "QuantSR (RLQ + DQA)"
+QUANTSR_DQA = "QuantSR (RLQ + DQA, spread)"
+QUANTSR_IMPORTANCE = "QuantSR (RLQ + DQA, importance)"
+IMPORTANCE = {"method": "quantsr", "depth_policy": "importance"}
 METHODS = (
     Method(QUANTSR_DQA, quantize={"method": "quantsr"}, dqa=True),
+    Method(QUANTSR_IMPORTANCE, quantize=IMPORTANCE, dqa=True),
+    Method(f"{QUANTSR_IMPORTANCE} + distillation", quantize=IMPORTANCE, dqa=True, distill=True),
+    Method("QuantSR, one depth", quantize={"method": "quantsr"}),
+    Method("QuantSR, one depth + distillation", quantize={"method": "quantsr"}, distill=True),
     Method("LSQ", quantize={"method": "lsq"}),
+    Method("LSQ + distillation", quantize={"method": "lsq"}, distill=True),
     Method("PAMS", quantize={"method": "pams"}),
     Method("DoReFa", quantize={"method": "dorefa"}),
     Method("torch.ao QAT (prepare_qat_fx)", tool="torch.ao"),
     Method("brevitas", tool="brevitas"),
-    Method("QuantSR, one depth (no DQA)", quantize={"method": "quantsr"}, ablation=True),
     Method(
         "QuantSR, one depth, phi straight-through (phi_k=0)",
         quantize={"method": "quantsr", "phi_k": 0.0},
@@ -203,6 +216,7 @@ def run_method(
     start = time.perf_counter()
     model = prepare(method, float_model, bits, backbone, sampler, settings)
     sampler.generator.manual_seed(settings.seed)
+    teacher = {"teacher": float_model} if method.distill else {}
     with sr_training.progress_bar(settings.qat_steps, f"{bits}-bit", enabled=progress) as bar:
         sr_training.train_qat(
             model,
@@ -211,6 +225,7 @@ def run_method(
             lr=settings.qat_lr,
             batch_size=settings.batch,
             callbacks=[bar],
+            **teacher,
         )
     seconds = time.perf_counter() - start
     _evaluation_mode(model, method.tool)
@@ -227,10 +242,19 @@ def run_method(
                 "bits": bits,
                 "depth": depth,
                 "train_seconds": seconds,
+                **_plan_of(model, depth, method),
                 **score(model, pairs, settings.scale),
             }
         )
     return rows
+
+
+def _plan_of(model: nn.Module, depth: int, method: Method) -> dict:
+    """The blocks a DQA variant ran (so the table can show what importance chose)."""
+    if not method.dqa:
+        return {}
+    body = model.body
+    return {"blocks": body.plan()[depth]}
 
 
 def benchmark(
@@ -239,10 +263,14 @@ def benchmark(
     methods: tuple[Method, ...] = METHODS,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    checkpoint: Callable[[dict], None] | None = None,
+    previous: dict | None = None,
 ) -> dict:
     """Train (or load) the float model, run every method at every bit width, score all.
 
-    ``log`` receives one line per stage; ``progress`` shows progress bars while training.
+    ``log`` receives one line per stage; ``progress`` shows progress bars while training;
+    ``checkpoint`` receives the result so far after each method. Rows of ``previous`` (an
+    earlier result) are kept when its settings are these, and their methods not rerun.
     """
     backbone = settings.backbone()
     images = sr_data.load_hr_images(sr_data.find_image_set(settings.train_set))
@@ -260,19 +288,31 @@ def benchmark(
             **score(float_model.eval(), pairs, settings.scale),
         },
     ]
-    rows = []
-    for bits in settings.bits:
-        for method in methods:
-            log(f"QAT {method.label}, {bits} bits, {settings.qat_steps} steps")
-            rows += run_method(method, bits, float_model, sampler, pairs, settings, progress)
-            log("  " + ", ".join(_cells(rows[-1], settings.eval_sets)))
-    return {
-        "settings": asdict(settings),
+    result = {
+        "settings": json.loads(json.dumps(asdict(settings))),  # as it reads back from JSON
         "backbone": backbone.name,
         "float_model": float_info,
         "references": references,
-        "rows": rows,
+        "rows": [],
     }
+    if previous is not None and previous.get("settings") == result["settings"]:
+        result["rows"] = list(previous["rows"])
+    done = {(row["method"], row["bits"]) for row in result["rows"]}
+    for bits in settings.bits:
+        for method in methods:
+            if (method.label, bits) in done:
+                continue
+            log(f"QAT {method.label}, {bits} bits, {settings.qat_steps} steps")
+            new = run_method(method, bits, float_model, sampler, pairs, settings, progress)
+            result["rows"] += new
+            log("  " + ", ".join(_cells(new[-1], settings.eval_sets)))
+            if checkpoint is not None:
+                checkpoint(result)
+    order = {
+        (m.label, b): i for i, (b, m) in enumerate((b, m) for b in settings.bits for m in methods)
+    }
+    result["rows"].sort(key=lambda row: order.get((row["method"], row["bits"]), len(order)))
+    return result
 
 
 def _bicubic(pairs: dict, scale: int) -> dict:
@@ -291,8 +331,12 @@ def _bits(row: dict) -> str:
     return "-" if row["bits"] is None else str(row["bits"])
 
 
+def _blocks(row: dict) -> str:
+    return ",".join(str(i) for i in row["blocks"])
+
+
 def markdown(result: dict) -> str:
-    """The comparison table and the QuantSR ablation table."""
+    """The comparison table, the depth-variant plans, and the QuantSR ablation table."""
     sets = tuple(result["settings"]["eval_sets"])
     headers = ["method", "W/A bits", "blocks", *(f"{name} PSNR / SSIM" for name in sets)]
 
@@ -303,10 +347,15 @@ def markdown(result: dict) -> str:
     float_depth = result["float_model"]["depth"]
     references = [line(row) for row in result["references"]]
     comparison = [line(row) for row in result["rows"] if not row["ablation"]]
+    plans = [
+        [row["method"], _bits(row), str(row["depth"]), _blocks(row), f"{row[sets[0]]['psnr']:.2f}"]
+        for row in result["rows"]
+        if "blocks" in row
+    ]
     ablation = [
         line(row)
         for row in result["rows"]
-        if row["ablation"] or (row["method"] == QUANTSR_DQA and row["depth"] == float_depth)
+        if row["ablation"] or row["method"] == "QuantSR, one depth"
     ]
     settings = result["settings"]
     return (
@@ -314,6 +363,9 @@ def markdown(result: dict) -> str:
         f"{settings['float_steps']} steps, QAT {settings['qat_steps']} steps per method "
         f"(batch {settings['batch']}, LR patch {settings['patch']})\n\n"
         + markdown_table(headers, references + comparison)
-        + f"\n### QuantSR ablations (DQA model scored at the float depth, {float_depth} blocks)"
-        "\n\n" + markdown_table(headers, references[1:] + ablation)
+        + f"\n### Blocks each depth variant runs (0-{float_depth - 1} original, "
+        f"{float_depth}+ grown)\n\n"
+        + markdown_table(["method", "W/A bits", "depth", "blocks run", f"{sets[0]} PSNR"], plans)
+        + f"\n### QuantSR ablations at one depth ({float_depth} blocks)\n\n"
+        + markdown_table(headers, references[1:] + ablation)
     )

@@ -10,6 +10,7 @@ run only when named. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -57,14 +58,22 @@ def run_speed(mode: str, results_dir: Path, cpu_time: bool) -> Path:
     return save(f"speed_{mode}", result, text, results_dir)
 
 
-def run_accuracy(mode: str, results_dir: Path, cache_dir: Path) -> Path:
+def run_accuracy(mode: str, results_dir: Path, cache_dir: Path, resume: bool = False) -> Path:
+    """The accuracy benchmark; the files are rewritten after every method, and ``resume``
+    keeps the rows of an earlier run with the same settings instead of recomputing them."""
     settings = ACCURACY_MODES[mode]
     start = time.perf_counter()
     header = machine()
-    result = accuracy.benchmark(settings, cache_dir=cache_dir)
-    result.update(mode=mode, machine=header, seconds=time.perf_counter() - start)
-    text = accuracy.markdown(result)
-    return save(f"accuracy_{mode}", result, text, results_dir)
+    name = f"accuracy_{mode}"
+    earlier = results_dir / f"{name}.json"
+    previous = json.loads(earlier.read_text()) if resume and earlier.is_file() else None
+
+    def write(result: dict) -> Path:
+        result.update(mode=mode, machine=header, seconds=time.perf_counter() - start)
+        return save(name, result, accuracy.markdown(result), results_dir)
+
+    result = accuracy.benchmark(settings, cache_dir=cache_dir, checkpoint=write, previous=previous)
+    return write(result)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         help="time the speed benchmark in CPU seconds of the process instead of wall time; "
         "steadier on a busy machine, with --threads 1",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="accuracy: keep the rows of the saved results (same settings)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                         help="where the trained float model is kept between runs")  # fmt: skip
     args = parser.parse_args(argv)
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         written.append(gpu_check.run(args.results_dir))
         print(written[-1].read_text())
     if args.only in (None, "accuracy"):
-        written.append(run_accuracy(mode, args.results_dir, args.cache_dir))
+        written.append(run_accuracy(mode, args.results_dir, args.cache_dir, args.resume))
         print(written[-1].read_text())
     if args.only in (None, "speed"):
         written.append(run_speed(mode, args.results_dir, args.cpu_time))

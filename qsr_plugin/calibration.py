@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .quantizers import quantizers_of
+from .rewrite.variants import each_variant
 
 
 def name_quantizers(model: nn.Module) -> None:
@@ -34,8 +35,10 @@ def calibrate(
 ) -> nn.Module:
     """Initialise every quantizer of ``model`` from data.
 
-    The batches run through the model without gradients and in eval mode (batch-norm
-    statistics and dropout untouched); meanwhile each quantizer passes its input through
+    Each batch runs through every depth variant of the model (so every block's quantizers
+    see the inputs of each variant that runs the block; this is the plugin's one
+    calibration rule), without gradients and in eval mode (batch-norm statistics and
+    dropout untouched); meanwhile each quantizer passes its input through
     unchanged and accumulates the statistics it starts from (for QuantSR: the mean absolute
     value, averaged over batches, and the minimum, which picks the signed or unsigned
     range). Then every quantizer is (re-)initialised; under ``torch.distributed`` the
@@ -73,7 +76,8 @@ def calibrate(
         seen = 0
         with torch.no_grad():
             for batch in batches:
-                run(model, batch)
+                for _ in each_variant(model):
+                    run(model, batch)
                 seen += 1
         if seen == 0:
             raise ValueError("calibrate(): batches is empty; give at least one input batch")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from ._validation import check_bits
 from .quantizers.learned_step import check_phi_k
 from .quantizers.registry import get_method, list_methods
+from .rewrite.depth import POLICIES
 
 ConfigT = TypeVar("ConfigT", bound="DictConfig")
 
@@ -135,8 +136,9 @@ class QuantizeConfig(DictConfig):
         shift: learn QuantSR's activation shift tau (``quantsr`` only).
         depth_variants: depths of the body that share one set of weights, e.g. [4, 2, 1];
             None for no depth switching. A depth above the body's grows the body.
-        depth_policy: which blocks a variant runs, ``"spread"`` or ``"prefix"``
-            (see :mod:`qsr_plugin.rewrite.depth`).
+        depth_policy: which blocks a variant runs: ``"spread"``, ``"prefix"`` or
+            ``"importance"`` (ranked from data during training; see
+            :mod:`qsr_plugin.rewrite.depth` and :mod:`qsr_plugin.rewrite.importance`).
         depth_members: explicit block indices per depth, overriding the policy.
         scope: ``"body"`` (Conv2d/Linear inside the body) or ``"all"`` (every Conv2d/Linear
             except the model's first and last).
@@ -176,6 +178,10 @@ class QuantizeConfig(DictConfig):
             if len(set(depths)) != len(depths):
                 raise ValueError(f"depth_variants has duplicates: {list(depths)}")
             object.__setattr__(self, "depth_variants", tuple(sorted(depths, reverse=True)))
+        if self.depth_policy not in POLICIES:
+            raise ValueError(
+                f"depth_policy must be one of {', '.join(POLICIES)}, got {self.depth_policy!r}"
+            )
         if self.depth_members is not None:
             if self.depth_variants is None:
                 raise ValueError("depth_members needs depth_variants")

@@ -27,9 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibration import calibrate
+from .distillation import DistillConfig, FloatTeacher
 from .mixed_precision import MixedPrecision
 from .rewrite.depth import depth_switchable_bodies
-from .rewrite.variants import depth_variants, joint_variant_loss, use_depth
+from .rewrite.importance import (
+    MEASURE_BATCHES,
+    importance_bodies,
+    replan_by_importance,
+    replan_steps,
+)
+from .rewrite.variants import joint_variant_losses, variant_depths, variant_weights
 from .sr_data import PatchSampler
 
 FLOAT_LOSS_KEY = "float"
@@ -79,11 +86,13 @@ def _run(
     special_lr: tuple[list[nn.Parameter], float] | None = None,
     amp: str | None = None,
     report_every: int = 1,
+    before_step: Callable[[int], None] | None = None,
 ) -> list[StepReport]:
     """The shared loop: Adam on every trainable parameter, cosine decay, callbacks.
 
     ``special_lr``: some of the parameters and their own initial learning rate. The losses
-    are read from the device (a host sync) only on reported steps.
+    are read from the device (a host sync) only on reported steps. ``before_step(done)``
+    runs before each step, with the number of steps done so far.
     """
     _check_positive(steps, "steps")
     _check_positive(batch_size, "batch_size")
@@ -110,6 +119,8 @@ def _run(
     history = []
     try:
         for step in range(1, steps + 1):
+            if before_step is not None:
+                before_step(step - 1)
             lr_batch, hr_batch = (_to_device(t, device) for t in sampler.sample(batch_size))
             step_lr = optimizer.param_groups[0]["lr"]
             with precision.autocast():
@@ -195,6 +206,8 @@ def train_qat(
     batch_size: int = 16,
     depth_weights: Mapping[int, float] | None = None,
     shortcut_lr: float | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
     callbacks: Sequence[Callback] = (),
     amp: str | None = None,
     report_every: int = 1,
@@ -205,19 +218,23 @@ def train_qat(
     sum of their L1 losses (:func:`qsr_plugin.joint_variant_loss`; equal weights by
     default, as in QuantSR). A model without depth variants trains on its plain L1 loss.
     Quantizers should be initialised first (:func:`calibrate_from_sampler`); otherwise the
-    first batch initialises them.
+    first batch initialises them. A body quantized with ``depth_policy="importance"`` is
+    re-planned before the steps at :data:`qsr_plugin.rewrite.importance.REPLAN_FRACTIONS`
+    of the run, measured on the run's first batches (drawn again for training, so the
+    batches are the same with any policy).
 
     Args:
         model: a model rewritten by :func:`qsr_plugin.quantize`.
         sampler: source of training patches.
         steps: optimiser steps.
-        lr: initial Adam learning rate (weights, quantizer steps and shifts, shortcut
-            scales), decayed to 0 along a cosine.
+        lr: initial Adam learning rate (weights, quantizer steps and shifts, shortcut and
+            residual scales), decayed to 0 along a cosine.
         batch_size: patches per step.
         depth_weights: loss weight per depth; None for equal weights.
-        shortcut_lr: initial learning rate of the depth-switchable bodies' shortcut scales
-            alpha and grown-block gates (None: ``lr``). The gates start at 0, so a short
-            run needs a larger rate here for the grown blocks to take part.
+        shortcut_lr: initial learning rate of the depth-switchable bodies' shortcut and
+            residual scales (None: ``lr``).
+        teacher: the float model to distil from (see :mod:`qsr_plugin.distillation`).
+        distill: the distillation weights (default :class:`DistillConfig()` with a teacher).
         callbacks: called with a :class:`StepReport` after each reported step.
         amp: mixed precision, ``"bf16"`` or ``"fp16"`` (autocast, plus a GradScaler for
             fp16); None trains in fp32.
@@ -226,31 +243,33 @@ def train_qat(
 
     Returns:
         The report of each reported step; ``losses`` holds one entry per depth
-        (:func:`depth_key`).
+        (:func:`depth_key`), distillation terms included.
+
+    Raises:
+        ValueError: bad settings, ``distill`` without ``teacher``, or a teacher that does
+            not match the model.
 
     Example:
         >>> history = train_qat(model, sampler, steps=100)
         >>> sorted(history[-1].losses)
         ['d16', 'd4', 'd8']
     """
-    if _has_depth_variants(model):
+    depths = variant_depths(model)
+    if depth_weights is not None and depths == [None]:
+        raise ValueError(
+            "depth_weights needs a model with depth variants; quantize it with "
+            "depth_variants=[...] or drop depth_weights"
+        )
+    weights = variant_weights(depths, depth_weights, "depth_weights")
+    if distill is not None and teacher is None:
+        raise ValueError("distill needs teacher=<the float model>; pass one or drop distill")
+    float_teacher = None if teacher is None else FloatTeacher(teacher, model, distill)
 
-        def loss_of_batch(lr_batch, hr_batch):
-            total, losses = joint_variant_loss(
-                model, lr_batch, hr_batch, F.l1_loss, weights=depth_weights
-            )
-            return total, {depth_key(d): loss for d, loss in losses.items()}
-
-    else:
-        if depth_weights is not None:
-            raise ValueError(
-                "depth_weights needs a model with depth variants; quantize it with "
-                "depth_variants=[...] or drop depth_weights"
-            )
-
-        def loss_of_batch(lr_batch, hr_batch):
-            loss = F.l1_loss(model(lr_batch), hr_batch)
-            return loss, {FLOAT_LOSS_KEY: loss}
+    def loss_of_batch(lr_batch, hr_batch):
+        total, parts = joint_variant_losses(
+            model, lr_batch, hr_batch, F.l1_loss, weights, float_teacher
+        )
+        return total, {_loss_key(d): sum(p.values()) for d, p in parts.items()}
 
     special = None
     if shortcut_lr is not None:
@@ -262,26 +281,52 @@ def train_qat(
                 "depth_variants=[...] or drop shortcut_lr"
             )
     return _run(
-        model, sampler, steps, batch_size, lr, loss_of_batch, callbacks, special, amp, report_every
+        model,
+        sampler,
+        steps,
+        batch_size,
+        lr,
+        loss_of_batch,
+        callbacks,
+        special,
+        amp,
+        report_every,
+        before_step=_importance_replanning(model, sampler, steps, batch_size),
     )
 
 
+def _loss_key(depth: int | None) -> str:
+    return FLOAT_LOSS_KEY if depth is None else depth_key(depth)
+
+
+def _importance_replanning(
+    model: nn.Module, sampler: PatchSampler, steps: int, batch_size: int
+) -> Callable[[int], None] | None:
+    """Re-plans importance-planned bodies at the set points, on the run's first batches."""
+    if not importance_bodies(model) or steps < 1 or batch_size < 1:
+        return None
+    state = sampler.generator.get_state()
+    device = next(model.parameters()).device
+    batches = [
+        tuple(_to_device(t, device) for t in sampler.sample(batch_size))
+        for _ in range(MEASURE_BATCHES)
+    ]
+    sampler.generator.set_state(state)
+    due = replan_steps(steps)
+
+    def replan(done: int) -> None:
+        if done in due:
+            replan_by_importance(model, batches)
+
+    return replan
+
+
 def shortcut_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The shortcut scales alpha and grown-block gates of every depth-switchable body."""
+    """The shortcut scales alpha and residual scales of every depth-switchable body."""
     found = []
     for _, body in depth_switchable_bodies(model):
-        found.append(body.shortcut_scale)
-        if body.residual_gate is not None:
-            found.append(body.residual_gate)
+        found += [body.shortcut_scale, body.residual_scale]
     return found
-
-
-def _has_depth_variants(model: nn.Module) -> bool:
-    try:
-        depth_variants(model)
-    except ValueError:
-        return False
-    return True
 
 
 def calibrate_from_sampler(
@@ -289,17 +334,14 @@ def calibrate_from_sampler(
 ) -> nn.Module:
     """Initialises every quantizer of ``model`` from ``batches`` training batches.
 
-    Runs :func:`qsr_plugin.calibrate` at the model's deepest variant (so that every block's
-    quantizers see data) on LR patches drawn from ``sampler``.
+    Runs :func:`qsr_plugin.calibrate` (every depth variant) on LR patches drawn from
+    ``sampler``.
     """
     _check_positive(batches, "batches")
     _check_positive(batch_size, "batch_size")
     device = next(model.parameters()).device
     inputs = [sampler.sample(batch_size)[0].to(device) for _ in range(batches)]
-    if not _has_depth_variants(model):
-        return calibrate(model, inputs)
-    with use_depth(model, depth_variants(model)[0]):
-        return calibrate(model, inputs)
+    return calibrate(model, inputs)
 
 
 @contextlib.contextmanager

@@ -93,13 +93,13 @@ def small_swinir(bits: int = 4, img_size: int = 16, depth_variants=(4, 2, 1), **
 
 def as_trained(model):
     """Calibrate on real LR patches, then move the learned numbers away from their initial
-    values (shortcut scales and gates, shifts), as training would, so that every one of
+    values (shortcut and residual scales, shifts), as training would, so that every one of
     them matters for the outputs."""
     qsr_plugin.calibrate(model, lr_patches("Set14", count=4))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(("shortcut_scale", "residual_gate", "act_quant.shift")):
+            if name.endswith(("shortcut_scale", "residual_scale", "act_quant.shift")):
                 noise = torch.randn(parameter.shape, generator=generator)
                 parameter.add_(0.1 * noise)
     return model.eval()

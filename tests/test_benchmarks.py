@@ -285,22 +285,38 @@ def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path, monkeypatch)
         qat_steps=2, qat_lr=1e-4, bits=(2,), calibration_batches=1,
         train_set="Set5", eval_sets=("Set5",),
     )  # fmt: skip
-    methods = (accuracy.METHODS[0], accuracy.METHODS[4], accuracy.METHODS[5])
-    result = accuracy.benchmark(settings, tmp_path, methods, log=lambda _: None, progress=False)
+    by_label = {method.label: method for method in accuracy.METHODS}
+    distilled = f"{accuracy.QUANTSR_IMPORTANCE} + distillation"
+    methods = (by_label[accuracy.QUANTSR_DQA], by_label[distilled], by_label["brevitas"])
+    checkpoints = []
+    result = accuracy.benchmark(
+        settings, tmp_path, methods[:2], log=lambda _: None, progress=False,
+        checkpoint=lambda partial: checkpoints.append(len(partial["rows"])),
+    )  # fmt: skip
+    assert checkpoints == [3, 6]  # after each method
+    # A second run given the first one's rows trains only the method that is missing.
+    result = accuracy.benchmark(
+        settings, tmp_path, methods, log=lambda _: None, progress=False,
+        previous=json.loads(json.dumps(result)),
+    )  # fmt: skip
     rows = result["rows"]
     assert [(r["method"], r["depth"]) for r in rows] == [
         (accuracy.QUANTSR_DQA, 4),
         (accuracy.QUANTSR_DQA, 2),
         (accuracy.QUANTSR_DQA, 1),
-        ("torch.ao QAT (prepare_qat_fx)", 2),
+        (distilled, 4),
+        (distilled, 2),
+        (distilled, 1),
         ("brevitas", 2),
     ]
+    assert rows[0]["blocks"] == [0, 1, 2, 3] and len(rows[5]["blocks"]) == 1
     for row in rows + result["references"]:
         assert 10 < row["Set5"]["psnr"] < 60 and 0 < row["Set5"]["ssim"] <= 1
     assert len(sampler_states) == 3  # every method trains on the same batches
     assert all(torch.equal(state, sampler_states[0]) for state in sampler_states)
     table = accuracy.markdown(result)
     assert "| Bicubic | - | - |" in table and "QuantSR ablations" in table
+    assert f"| {distilled} | 2 | 1 |" in table
 
 
 def test_prepare_refuses_an_unknown_tool():

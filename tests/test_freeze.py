@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import qsr_plugin
 from qsr_plugin.export import frozen_record
-from qsr_plugin.export.frozen_body import GatedGrownBlock, ScaledResidualBlock, ScaledSkip
+from qsr_plugin.export.frozen_body import ScaledResidualBlock, ScaledSkip
 from qsr_plugin.export.frozen_layers import FrozenActivationQuantizer
 from qsr_plugin.export.quantized_layers import ActivationGrid, activation_grid
 from qsr_plugin.quantizers import LearnedStepActivationQuantizer, quantizers_of
@@ -47,16 +47,18 @@ def test_frozen_model_keeps_only_the_active_blocks_in_execution_order():
     steps = list(frozen.body.named_children())
     assert [int(name) for name, _ in steps] == list(container.execution_order)
     kinds = {int(name): type(step) for name, step in steps}
-    members = set(container.variants[4])
+    members = set(container.plan()[4])
     assert {i for i, kind in kinds.items() if kind is not ScaledSkip} == members
-    assert all(kinds[i] is ScaledResidualBlock for i in members if i < 4)
-    assert all(kinds[i] is GatedGrownBlock for i in members if i >= 4)
+    assert all(kinds[i] is ScaledResidualBlock for i in members)
     for name, step in steps:  # the learned scales travel with the steps
         assert torch.equal(step.alpha, container.shortcut_scale[int(name)].detach())
+        if int(name) in members:
+            _, scale = container.step_scales(4, int(name))
+            assert step.scale is None if scale == 1 else torch.equal(step.scale, scale.detach())
     block_params = 2 * (16 * 16 * 9 + 16)
     removed = (8 - 4) * block_params
     quantizer_params = sum(p.numel() for _, q in quantizers_of(model) for p in q.parameters())
-    dqa_params = container.shortcut_scale.numel() + container.residual_gate.numel()
+    dqa_params = container.shortcut_scale.numel() + container.residual_scale.numel()
     expected = sum(p.numel() for p in model.parameters()) - removed - quantizer_params - dqa_params
     assert sum(p.numel() for p in frozen.parameters()) == expected
     assert quantizers_of(frozen) == []

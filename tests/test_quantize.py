@@ -96,7 +96,14 @@ def test_a_float_checkpoint_loads_with_only_new_keys_missing():
     result = model.load_state_dict(checkpoint, strict=False)
     assert not result.unexpected_keys
     assert result.missing_keys
-    assert all("_quant." in k or k.startswith("body.shortcut_scale") for k in result.missing_keys)
+    dqa_keys = {f"body.{name}" for name in model.body.dqa_tensors()}
+    assert dqa_keys == {
+        "body.shortcut_scale",
+        "body.residual_scale",
+        "body.membership",
+        "body.block_importance",
+    }
+    assert all("_quant." in k or k in dqa_keys for k in result.missing_keys)
     for key, value in checkpoint.items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -114,9 +121,10 @@ def test_growing_the_body_keeps_the_float_function_before_quantization(real_batc
     assert body.members(4) == [0, 1, 2, 3]
     assert set(body.members(8)) == set(range(8))
     with torch.no_grad():
-        for depth in (8, 4):
-            with qsr_plugin.use_depth(model, depth):
-                assert torch.allclose(model(x), reference, atol=1e-6), depth
+        with qsr_plugin.use_depth(model, 4):  # the original depth: exactly the float model
+            assert torch.equal(model(x), reference)
+        # The grown variant splits each block's residual between the block and its copy.
+        assert torch.allclose(model(x), reference, atol=1e-5)
     assert not any(isinstance(m, QuantConv2d) and m.act_quant for m in model.modules())
     # The grown blocks start as copies of original blocks.
     assert torch.equal(body[4].conv1.weight, body[body.grown_from[0]].conv1.weight)
@@ -132,21 +140,27 @@ def test_growing_a_body_more_than_4x_is_refused_and_4x_is_allowed(real_batch):
     assert len(model.body.block_names) == 16
 
 
-def test_grown_blocks_learn_through_their_gate(real_batch):
+def test_grown_blocks_get_gradients_from_the_first_step(real_batch):
     model = qsr_plugin.quantize(arch_by_name("MSRResNet").build(), bits=4, depth_variants=[6, 4])
     x = real_batch((2, 3, 16, 16))
     qsr_plugin.calibrate(model, x)
     model.train()(x).square().mean().backward()
-    assert model.body.residual_gate.grad.abs().sum() > 0
-    assert model.body[4].conv1.weight.grad.abs().sum() == 0  # gated by gamma = 0 at first
+    body = model.body
+    assert body.residual_scale.grad[0].abs().sum() > 0  # the deepest variant's scales
+    for grown in (4, 5):
+        assert body[grown].conv1.weight.grad.abs().sum() > 0
+        source = body.grown_from[grown - 4]
+        assert body.step_scales(6, grown)[1].item() == 0.5  # split with its source block
+        assert body.step_scales(6, source)[1].item() == 0.5
+        assert body.step_scales(4, source)[1].item() == 1.0
 
 
-def test_parameter_count_does_not_grow_with_the_number_of_variants():
+def test_only_one_residual_scale_per_block_is_added_per_variant():
     counts = []
     for depths in ([4], [4, 3, 2, 1]):
         model = qsr_plugin.quantize(arch_by_name("EDSR").build(), bits=4, depth_variants=depths)
         counts.append(sum(p.numel() for p in model.parameters()))
-    assert counts[0] == counts[1]
+    assert counts[1] - counts[0] == 3 * 4  # three more variants x four blocks; weights shared
 
 
 def test_swinir_keeps_working_after_tracing_and_its_mean_stays_a_tensor(real_batch):

@@ -115,32 +115,37 @@ def test_qat_trains_every_depth_jointly_and_lowers_each_loss():
     calibrate_from_sampler(model, sampler(1), batches=2, batch_size=4)
     assert all(bool(q.initialized) for _, q in quantizers_of(model))
     before = {d: check_loss(model, d) for d in (4, 3, 1)}
-    gate_before = model.body.residual_gate.detach().clone()  # of the grown fourth block
+    scale_before = model.body.residual_scale[0, 3].item()  # of the grown fourth block
 
     history = train_qat(model, sampler(2), steps=12, lr=1e-3, batch_size=4)
     assert set(history[0].losses) == {depth_key(d) for d in (4, 3, 1)}
     assert history[0].loss == pytest.approx(sum(history[0].losses.values()), rel=1e-6)
     after = {d: check_loss(model, d) for d in (4, 3, 1)}
     assert all(after[d] < 0.95 * before[d] for d in before), (before, after)
-    assert not torch.equal(model.body.residual_gate.detach(), gate_before)
+    assert model.body.residual_scale[0, 3].item() != scale_before
 
 
-def test_shortcut_scales_and_gates_can_get_their_own_learning_rate():
+def test_shortcut_and_residual_scales_can_get_their_own_learning_rate():
     model = small_edsr()
     qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2])
     calibrate_from_sampler(model, sampler(), batches=1, batch_size=2)
-    assert shortcut_parameters(model) == [model.body.shortcut_scale, model.body.residual_gate]
-    gate, alpha = model.body.residual_gate.detach().clone(), model.body.shortcut_scale.detach()
-    alpha, weight = alpha.clone(), model.body[0].conv1.weight.detach().clone()
+    body = model.body
+    assert shortcut_parameters(model) == [body.shortcut_scale, body.residual_scale]
+    scales, alpha = body.residual_scale.detach().clone(), body.shortcut_scale.detach()
+    alpha, weight = alpha.clone(), body[0].conv1.weight.detach().clone()
     train_qat(model, sampler(), steps=1, lr=1e-4, shortcut_lr=0.05, batch_size=2)
-    # Adam's first step moves every parameter with a gradient by its learning rate.
-    moved = (model.body.residual_gate.detach() - gate).abs()
-    assert moved.numpy() == pytest.approx([0.05], rel=1e-3)
+    # Adam's first step moves every parameter with a gradient by its learning rate: the
+    # scales of the blocks each variant runs, and no other.
+    moved = (body.residual_scale.detach() - scales).abs()
+    for row, depth in enumerate(body.depth_variants):
+        for index in range(4):
+            expected = 0.05 if index in body.plan()[depth] else 0.0
+            assert moved[row, index].item() == pytest.approx(expected, rel=1e-3, abs=1e-7)
     assert (model.body.shortcut_scale.detach() - alpha).abs().max() == pytest.approx(0.05, rel=1e-3)
     assert (model.body[0].conv1.weight.detach() - weight).abs().max() <= 1.001e-4
 
 
-def test_calibration_runs_at_the_deepest_variant_whatever_the_active_depth():
+def test_calibration_runs_every_variant_whatever_the_active_depth():
     model = small_edsr()
     qsr_plugin.quantize(model, bits=4, depth_variants=[3, 1])
     qsr_plugin.set_depth(model, 1)

@@ -64,6 +64,11 @@ def register(subparsers) -> None:
         help="CPU threads for torch (default: one per core, or 1 when the load average "
         "already reaches the core count, where one thread runs several times faster)",
     )
+    parser.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="QAT without distillation from the float model (on by default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -89,6 +94,7 @@ def run(arguments: argparse.Namespace) -> int:
         features=arguments.features,
         blocks=arguments.blocks,
         threads=arguments.threads,
+        distill=not arguments.no_distill,
         progress=not arguments.no_progress,
     )
     try:

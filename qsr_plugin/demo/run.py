@@ -156,7 +156,7 @@ def _run_checked(settings: DemoSettings, inputs, log, started: float, threads: s
                 sampler,
                 settings.qat_steps,
                 lr=settings.qat_lr,
-                shortcut_lr=settings.shortcut_lr,
+                teacher=model if settings.distill else None,
                 batch_size=settings.batch,
                 callbacks=[bar, recorder],
             )

@@ -42,8 +42,8 @@ class DemoSettings:
         blocks: residual blocks of the float SRResNet body (``--blocks``).
         float_lr: initial learning rate of float training (cosine decay to 0).
         qat_lr: initial learning rate of QAT.
-        shortcut_lr: initial QAT learning rate of the shortcut scales and of the gates of
-            the grown blocks (which start at 0 and must open within a short run).
+        distill: distil every variant from the float model during QAT (``--no-distill``
+            turns it off; see :mod:`qsr_plugin.distillation`).
         calibration_batches: batches that initialise the quantizers before QAT.
         record_every: QAT steps between two records of the quantizer statistics.
         threads: CPU threads for torch (``--threads``); None chooses (see
@@ -69,7 +69,7 @@ class DemoSettings:
     blocks: int = 8
     float_lr: float = 1e-3
     qat_lr: float = 2e-4
-    shortcut_lr: float = 2e-3
+    distill: bool = True
     calibration_batches: int = 4
     record_every: int = 10
     threads: int | None = None

@@ -61,7 +61,7 @@ def _chosen_depth(model: nn.Module, depth: int | None) -> int | None:
     container = bodies[0][1]
     if depth is None:
         return container.active_depth
-    if depth not in container.variants:
+    if depth not in container.depth_variants:
         raise ValueError(
             f"freeze(): depth={depth!r} is not a depth variant of {type(model).__name__}; "
             f"choose one of {container.depth_variants}"

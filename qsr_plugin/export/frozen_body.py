@@ -1,10 +1,9 @@
-"""The body of one depth variant, with its shortcut scales and gates fixed.
+"""The body of one depth variant, with its shortcut and residual scales fixed.
 
 A depth-switchable body runs every block of its execution order; a block the variant skips
 still scales its input by its alpha. The frozen body keeps that order as a list of steps:
 
-- :class:`ScaledResidualBlock`: an original block the variant runs, ``f(x) + (alpha - 1) x``;
-- :class:`GatedGrownBlock`: a grown block it runs, ``alpha x + gamma (f(x) - x)``;
+- :class:`ScaledResidualBlock`: a block the variant runs, ``alpha x + s (f(x) - x)``;
 - :class:`ScaledSkip`: a block it skips, ``alpha x`` (the block's weights are not kept).
 
 Each step takes the block's call arguments (``x`` and, for SwinIR's RSTB layers, the image
@@ -21,30 +20,22 @@ from torch import nn
 
 
 class ScaledResidualBlock(nn.Module):
-    """An original block run by the variant: ``block(x) + (alpha - 1) * x``."""
+    """A block run by the variant: ``alpha * x + scale * (block(x) - x)``, computed as the
+    depth-switchable body computes it (bit-identical outputs). A scale of exactly 1 is
+    dropped (its term adds exact zeros), which saves two operations per block."""
 
-    def __init__(self, block: nn.Module, alpha: torch.Tensor) -> None:
+    def __init__(self, block: nn.Module, alpha: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         self.block = block
         self.register_buffer("alpha", alpha.detach().clone())
+        self.scale = None if float(scale) == 1.0 else nn.Buffer(scale.detach().clone())
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.block(x, *args, **kwargs)
-        return out + (self.alpha - 1) * x
-
-
-class GatedGrownBlock(nn.Module):
-    """A grown block run by the variant: ``alpha * x + gate * (block(x) - x)``."""
-
-    def __init__(self, block: nn.Module, alpha: torch.Tensor, gate: torch.Tensor) -> None:
-        super().__init__()
-        self.block = block
-        self.register_buffer("alpha", alpha.detach().clone())
-        self.register_buffer("gate", gate.detach().clone())
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.block(x, *args, **kwargs)
-        return self.alpha * x + self.gate * (out - x)
+        result = out + (self.alpha - 1) * x
+        if self.scale is not None:
+            result = result + (self.scale - 1) * (out - x)
+        return result
 
 
 class ScaledSkip(nn.Module):
@@ -64,18 +55,14 @@ def frozen_body(container: nn.Module, depth: int) -> nn.Module:
     Returns an ``nn.Sequential`` whose steps are named after the blocks (``"0"``, ``"16"``,
     ...) when the body was one, else an ``nn.ModuleList`` of the steps.
     """
-    chosen = container.variants[depth]
     steps = []
     for index in container.execution_order:
         name = container.block_names[index]
-        alpha = container.shortcut_scale[index]
-        if index not in chosen:
+        alpha, scale = container.step_scales(depth, index)
+        if scale is None:
             step = ScaledSkip(alpha)
-        elif index < container.original_depth:
-            step = ScaledResidualBlock(container._modules[name], alpha)
         else:
-            gate = container.residual_gate[index - container.original_depth]
-            step = GatedGrownBlock(container._modules[name], alpha, gate)
+            step = ScaledResidualBlock(container._modules[name], alpha, scale)
         steps.append((name, step))
     if isinstance(container, nn.Sequential):
         return nn.Sequential(OrderedDict(steps))

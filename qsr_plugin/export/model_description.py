@@ -20,8 +20,9 @@ def describe(model: nn.Module) -> dict[str, Any]:
     """The quantization of ``model`` (a quantized model) as JSON-compatible data.
 
     Keys: ``model_class``, ``config`` (``QuantizeConfig.to_dict()``), ``body`` (path, block
-    type and depth found by quantize), ``depth_bodies`` (per DQA container: variants and their
-    member blocks, execution order, original depth) and ``layers`` (per quantized layer: type,
+    type and depth found by quantize), ``depth_bodies`` (per DQA container: its depths,
+    execution order and original depth; which blocks each depth runs is state, in the
+    container's ``membership`` buffer) and ``layers`` (per quantized layer: type,
     method, bits, per-channel, weight shape and dtype).
     """
     record = quantization_record(model)
@@ -34,7 +35,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
         else {"path": body.path, "block_type": body.block_type, "depth": body.depth},
         "depth_bodies": {
             path: {
-                "variants": {str(d): sorted(m) for d, m in container.variants.items()},
+                "depths": container.depth_variants,
                 "execution_order": list(container.execution_order),
                 "original_depth": container.original_depth,
             }

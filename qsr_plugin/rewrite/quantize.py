@@ -123,10 +123,10 @@ def _naming(what: str, fix: str) -> Iterator[None]:
 def _install_depth_switching(
     model: nn.Module, body: Body, config: QuantizeConfig, swaps: ModuleSwaps, probe
 ) -> None:
-    variants = plan_variants(
-        body.depth, config.depth_variants, config.depth_policy, config.depth_members
+    plan = plan_variants(
+        body.depth, config.depth_variants, config.depth_policy, config.depth_members, body.path
     )
-    container = build_depth_switchable(model.get_submodule(body.path), variants)
+    container = build_depth_switchable(model.get_submodule(body.path), plan, config.depth_policy)
     swaps.replace(body.path, container)
     if isinstance(container, DepthSwitchableModuleList):
         _check_iterated(model, body, container, probe)

@@ -64,7 +64,7 @@ def summary(model: nn.Module) -> str:
         lines.append(f"depth variants of {path}{grown} (active: {container.active_depth}):")
         for depth in container.depth_variants:
             noun = "block" if depth == 1 else "blocks"
-            lines.append(f"  {depth:>3} {noun}: {_ranges(sorted(container.variants[depth]))}")
+            lines.append(f"  {depth:>3} {noun}: {_ranges(container.plan()[depth])}")
     lines.append("layers (name, type, parameters, quantization):")
     first_name: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -91,6 +91,6 @@ def summary(model: nn.Module) -> str:
     lines.append(
         f"parameters: {total:,} in all; {quantized_weights:,} quantized weights "
         f"({record.config.layer_spec().weight_bits} bits); {quantizer_params:,} quantizer "
-        f"parameters; {dqa_params:,} shortcut scales and gates"
+        f"parameters; {dqa_params:,} shortcut and residual scales"
     )
     return "\n".join(lines)

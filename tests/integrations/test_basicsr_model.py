@@ -86,7 +86,7 @@ def test_first_iteration_initialises_once_then_trains_every_variant(smoke):
     model.optimize_parameters(2)
     for hook in hooks:
         hook.remove()
-    depths = list(body.variants)
+    depths = list(body.depth_variants)
     assert list(model.get_current_log()) == [f"l_pix@{d}" for d in depths]
     assert calls == collections.Counter(i for d in depths for i in body.members(d))
     after = quantizer_tensors(model.net_g)
@@ -102,7 +102,7 @@ def test_variant_loss_weights_decide_which_blocks_learn(workdir):
     body = body_of(model.net_g)
     before = {i: body[i].conv1.weight.detach().clone() for i in range(body.original_depth)}
     model.optimize_parameters(1)
-    trained = set(body.members(min(body.variants)))
+    trained = set(body.members(min(body.depth_variants)))
     for index, weight in before.items():
         changed = not torch.equal(weight, body[index].conv1.weight)
         assert changed == (index in trained), f"block {index}"
@@ -113,7 +113,7 @@ def test_validation_scores_and_saves_every_variant(smoke):
     model.feed_data(first_batch(options))
     model.optimize_parameters(1)
     model.validation(val_loader(options), current_iter=1, tb_logger=None, save_img=True)
-    depths = list(body_of(model.net_g).variants)
+    depths = list(body_of(model.net_g).depth_variants)
     keys = {f"{metric}@{d}" for d in depths for metric in ("psnr", "ssim")}
     assert set(model.metric_results) == keys
     assert set(model.best_metric_results["Set5"]) == keys

@@ -147,7 +147,7 @@ def test_recipe_network_is_built_and_quantized(path):
     config = quantize_config(options)
     net = build_quantized_network(options["network_g"], config)
     (body_name, body), *others = depth_switchable_bodies(net)
-    assert not others and list(body.variants) == list(config.depth_variants)
+    assert not others and list(body.depth_variants) == list(config.depth_variants)
     record = quantization_record(net)
     assert record.quantized and all(n.startswith(f"{body_name}.") for n in record.quantized)
     assert record.config.layer_spec().weight_bits == options["quantsr"]["bits"]

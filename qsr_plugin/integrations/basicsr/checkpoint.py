@@ -140,7 +140,7 @@ def quantsr_only_keys(net: nn.Module) -> set[str]:
     """Keys that a float network lacks: quantizer state and depth-switching parameters."""
     keys = set(quantizer_tensors(net))
     for name, body in depth_switchable_bodies(net):
-        keys.update(f"{name}.{key}" for key, _ in body.named_parameters(recurse=False))
+        keys.update(f"{name}.{key}" for key in body.dqa_tensors())
     return keys
 
 

@@ -9,10 +9,18 @@ Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it 
 - at the first training iteration of a fresh run the quantizers are initialised from the
   batch, running every depth variant (:func:`qsr_plugin.calibrate`); the EMA network then
   receives the same quantizer state, and under DDP the ranks are checked to agree;
-- every iteration trains all depth variants jointly: the loss is the weighted sum of each
-  variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``
-  (read from the device only at logging intervals); ``quantsr.amp: bf16 | fp16`` trains
-  under autocast (plus a GradScaler for fp16);
+- every iteration trains all depth variants jointly
+  (:func:`qsr_plugin.rewrite.variants.joint_variant_losses`): the loss is the weighted sum
+  of each variant's pixel loss (``train.variant_loss_weights``), logged as
+  ``l_pix@<depth>`` (read from the device only at logging intervals); with a
+  ``quantsr.distill`` section each variant also learns from the float teacher
+  (:mod:`qsr_plugin.distillation`; ``l_distill_output@<depth>``,
+  ``l_distill_features@<depth>``); ``quantsr.amp: bf16 | fp16`` trains under autocast
+  (plus a GradScaler for fp16);
+- with ``depth_policy: importance`` the smaller variants are re-planned from measured block
+  importance (:mod:`qsr_plugin.rewrite.importance`) before the iterations at the set
+  fractions of ``train.total_iter``, on the first batch this process trained on; each plan
+  is logged and copied to the EMA network;
 - validation evaluates every variant; metrics are named ``<metric>@<depth>`` (``psnr@16``),
   each with its own best value, and saved images end in ``_depth<depth>``;
 - checkpoints and training states are written atomically; DDP (on the CPU too) is built
@@ -27,18 +35,21 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsr_plugin import calibrate, quantize, summary, use_depth
+from qsr_plugin import calibrate, quantize, summary
 from qsr_plugin._basicsr_compat import import_basicsr
 from qsr_plugin._distributed import joint_training_ddp
 from qsr_plugin.config import QuantizeConfig
+from qsr_plugin.distillation import FloatTeacher
 from qsr_plugin.mixed_precision import MixedPrecision
+from qsr_plugin.rewrite.depth import depth_switchable_bodies
+from qsr_plugin.rewrite.importance import importance_bodies, replan_by_importance, replan_steps
+from qsr_plugin.rewrite.variants import each_variant, joint_variant_losses, variant_depths
 from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
 from .checkpoint import load_checkpoint, read_state_dict, save_atomically
@@ -46,6 +57,7 @@ from .options import (
     OptionError,
     amp_setting,
     check_network_type,
+    distill_setting,
     quantize_config,
     variant_loss_weights,
 )
@@ -84,16 +96,6 @@ def build_quantized_network(network_options: dict, config: QuantizeConfig) -> nn
         raise OptionError(f"quantsr: cannot quantize network_g ({arch}): {err}") from None
 
 
-def each_variant(net: nn.Module, depths: list[Depth]) -> Iterator[Depth]:
-    """Yield each depth with ``net`` set to run it (``None``: a net without variants)."""
-    for depth in depths:
-        if depth is None:
-            yield depth
-        else:
-            with use_depth(net, depth):
-                yield depth
-
-
 @MODEL_REGISTRY.register()
 class QuantSRModel(SRModel):
     """SRModel for QuantSR networks: quantized ``network_g``, depth variants trained jointly.
@@ -109,8 +111,8 @@ class QuantSRModel(SRModel):
     def __init__(self, opt: dict) -> None:
         super(SRModel, self).__init__(opt)
         self.quantize_config = quantize_config(opt)
-        self.depths: list[Depth] = list(self.quantize_config.depth_variants or [None])
         net = build_quantized_network(opt["network_g"], self.quantize_config)
+        self.depths: list[Depth] = variant_depths(net)
         self.net_g = self.model_to_device(net)
         self.print_network(self.net_g)
         self._log(summary(net))
@@ -179,8 +181,33 @@ class QuantSRModel(SRModel):
             self.net_g_ema.eval()
         self.cri_pix = build_loss(train_opt["pixel_opt"]).to(self.device)
         self.cri_perceptual = None
+        self.teacher = self._build_teacher()
+        self.replan_iters = (
+            replan_steps(train_opt.get("total_iter", 1))
+            if importance_bodies(self.get_bare_model(self.net_g))
+            else set()
+        )
+        self.importance_batches = None
         self.setup_optimizers()
         self.setup_schedulers()
+
+    def _build_teacher(self) -> FloatTeacher | None:
+        """The float teacher of ``quantsr.distill``: ``network_g`` with the float checkpoint."""
+        setting = distill_setting(self.opt)
+        if setting is None:
+            return None
+        config, path = setting
+        teacher = build_network(self.opt["network_g"])
+        state, entry = read_state_dict(str(path), self.opt["path"].get("param_key_g", "params"))
+        try:
+            teacher.load_state_dict(state, strict=True)
+            distiller = FloatTeacher(
+                teacher.to(self.device), self.get_bare_model(self.net_g), config
+            )
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise OptionError(f"quantsr.distill.teacher: {path} [{entry}]: {err}") from None
+        self._log(f"Distilling from the float teacher {path} [{entry}]: {config}")
+        return distiller
 
     # -- training ------------------------------------------------------------------------
     def initialize_quantizers(self) -> None:
@@ -190,12 +217,7 @@ class QuantSRModel(SRModel):
         reduced across ranks and the resulting state is checked to agree on every rank.
         """
         net = self.get_bare_model(self.net_g)
-
-        def run_every_variant(model: nn.Module, batch: torch.Tensor) -> None:
-            for _ in each_variant(model, self.depths):
-                model(batch)
-
-        calibrate(net, [self.lq], forward=run_every_variant)
+        calibrate(net, [self.lq])
         if hasattr(self, "net_g_ema"):
             copy_quantizer_state(net, self.net_g_ema)
         tensors = check_same_on_all_ranks(net)
@@ -210,19 +232,44 @@ class QuantSRModel(SRModel):
         )
         self.needs_quantizer_init = False
 
+    def _replan(self, current_iter: int) -> None:
+        """Re-plan importance-planned bodies; copy the plan to the EMA network; log it."""
+        if self.importance_batches is None:
+            self.importance_batches = [(self.lq, self.gt)]
+        if current_iter - 1 not in self.replan_iters:
+            return
+        net = self.get_bare_model(self.net_g)
+        plans = replan_by_importance(net, self.importance_batches)
+        if hasattr(self, "net_g_ema"):
+            for (_, body), (_, ema_body) in zip(
+                depth_switchable_bodies(net), depth_switchable_bodies(self.net_g_ema), strict=True
+            ):
+                with torch.no_grad():
+                    ema_body.block_importance.copy_(body.block_importance)
+                ema_body.set_plan(body.plan())
+        for path, plan in plans.items():
+            scores = net.get_submodule(path).block_importance.tolist()
+            self._log(
+                f"Iteration {current_iter}: {path} re-planned by block importance "
+                f"(loss increase when skipped: {', '.join(f'{s:.2e}' for s in scores)}): {plan}"
+            )
+
     def optimize_parameters(self, current_iter: int) -> None:
         if self.needs_quantizer_init:
             self.initialize_quantizers()
+        if self.replan_iters:
+            self._replan(current_iter)
         self.optimizer_g.zero_grad()
-        losses = OrderedDict()
-        total = 0.0
         with self.precision.autocast():
-            for depth in each_variant(self.net_g, self.depths):
-                loss = self.cri_pix(self.net_g(self.lq).float(), self.gt)
-                losses[tagged("l_pix", depth)] = loss.detach()
-                total = total + self.variant_weights[depth] * loss
+            total, parts = joint_variant_losses(
+                self.net_g, self.lq, self.gt, self.cri_pix, self.variant_weights, self.teacher
+            )
         self.precision.backward_and_step(total, self.optimizer_g)
-        self.step_losses = losses
+        self.step_losses = OrderedDict(
+            (tagged(f"l_{name}", depth), loss.detach())
+            for depth, depth_parts in parts.items()
+            for name, loss in depth_parts.items()
+        )
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
@@ -298,7 +345,7 @@ class QuantSRModel(SRModel):
             image = Path(data["lq_path"][0]).stem
             self.lq = data["lq"].to(self.device)
             gt = tensor2img([data["gt"]]) if "gt" in data else None
-            for depth in each_variant(net, self.depths):
+            for depth in each_variant(net):
                 self.test()
                 sr = tensor2img([self.output.detach().cpu()])
                 if save_img:

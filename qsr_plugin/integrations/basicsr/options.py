@@ -13,6 +13,10 @@ A QuantSR option file is an ordinary BasicSR file with ``model_type: QuantSRMode
       bits: 4
       depth_variants: [32, 16, 8]
       amp: bf16                         # optional: bf16 or fp16 mixed precision (training)
+      distill:                          # optional: learn from the float model as well
+        teacher: experiments/msrresnet_x4_float/models/net_g_latest.pth
+        output: 1.0                     # weight of the output distance (default 1)
+        features: 1.0                   # weight of the per-block feature distance (default 1)
     train:
       variant_loss_weights: [1, 1, 1]   # optional; deepest variant first, or {depth: weight}
 """
@@ -29,12 +33,17 @@ import yaml
 
 from qsr_plugin._basicsr_compat import import_basicsr
 from qsr_plugin.config import QuantizeConfig
+from qsr_plugin.distillation import DistillConfig
 from qsr_plugin.mixed_precision import check_amp
+from qsr_plugin.rewrite.variants import variant_weights
 
 MODEL_TYPE = "QuantSRModel"
 SECTION = "quantsr"
 WEIGHTS_KEY = "variant_loss_weights"
 AMP_KEY = "amp"  # a training setting in the quantsr section, not a QuantizeConfig field
+DISTILL_KEY = "distill"  # likewise: distillation from the float model
+TEACHER_KEY = "teacher"  # the float checkpoint, in the distill section
+TRAINING_KEYS = (AMP_KEY, DISTILL_KEY)
 PLUGIN_TRAIN_KEYS = (WEIGHTS_KEY,)  # the keys of BasicSR's train: section that the plugin reads
 REGISTRY_SUFFIX = "_basicsr"
 
@@ -97,7 +106,7 @@ def quantize_config(options: Mapping[str, Any]) -> QuantizeConfig:
         )
     if not isinstance(section, Mapping):
         raise OptionError(f"'{SECTION}' must be a mapping of settings, got {section!r}")
-    settings = {k: v for k, v in section.items() if k != AMP_KEY}
+    settings = {k: v for k, v in section.items() if k not in TRAINING_KEYS}
     try:
         return QuantizeConfig.from_dict(settings, where=f"{SECTION}.")
     except (TypeError, ValueError) as err:
@@ -117,6 +126,45 @@ def amp_setting(options: Mapping[str, Any]) -> str | None:
         return check_amp(amp, f"{SECTION}.{AMP_KEY}")
     except ValueError as err:
         raise OptionError(str(err)) from None
+
+
+def distill_setting(options: Mapping[str, Any]) -> tuple[DistillConfig, Path] | None:
+    """``quantsr.distill``: the distillation weights and the float teacher checkpoint, or
+    None without the section.
+
+    Raises:
+        OptionError: not a mapping, an unknown key (with the nearest valid one), no
+            ``teacher``, a teacher file that does not exist, or a bad weight.
+    """
+    section = options.get(SECTION)
+    distill = section.get(DISTILL_KEY) if isinstance(section, Mapping) else None
+    if distill is None:
+        return None
+    where = f"{SECTION}.{DISTILL_KEY}"
+    if not isinstance(distill, Mapping):
+        raise OptionError(f"{where} must be a mapping (teacher, output, features), got {distill!r}")
+    valid = (TEACHER_KEY, *(name for name in DistillConfig.__dataclass_fields__))
+    for key in distill:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {where}.{close[0]}? " if close else ""
+            raise OptionError(
+                f"{where}.{key} is not a setting; {hint}valid keys: {', '.join(valid)}"
+            )
+    teacher = distill.get(TEACHER_KEY)
+    if not teacher:
+        raise OptionError(
+            f"{where}.{TEACHER_KEY} is required: the float checkpoint of network_g to distil "
+            "from (e.g. the float recipe's models/net_g_latest.pth)"
+        )
+    path = Path(os.path.expanduser(str(teacher)))
+    if not path.is_file():
+        raise OptionError(f"{where}.{TEACHER_KEY}: {path} does not exist; correct the path")
+    try:
+        config = DistillConfig(**{k: v for k, v in distill.items() if k != TEACHER_KEY})
+    except ValueError as err:
+        raise OptionError(f"{where}.{err}") from None
+    return config, path
 
 
 def _refuse_misspelt_plugin_keys(train: Mapping[str, Any]) -> None:
@@ -147,34 +195,10 @@ def variant_loss_weights(
     """
     train = options.get("train") or {}
     _refuse_misspelt_plugin_keys(train)
-    given = train.get(WEIGHTS_KEY)
-    key = f"train.{WEIGHTS_KEY}"
-    if given is None:
-        return dict.fromkeys(depths, 1.0)
-    shown = [d for d in depths if d is not None] or "none (quantsr.depth_variants is not set)"
-    if isinstance(given, Mapping):
-        if set(given) != set(depths):
-            raise OptionError(f"{key} must name every depth variant {shown}, got {dict(given)}")
-        weights = {d: given[d] for d in depths}
-    elif isinstance(given, list):
-        if len(given) != len(depths):
-            raise OptionError(
-                f"{key} has {len(given)} weights for the depth variants {shown}; give one "
-                "weight per variant, deepest first"
-            )
-        weights = dict(zip(depths, given, strict=True))
-    else:
-        raise OptionError(
-            f"{key} must be a list (deepest variant first) or a mapping, got {given!r}"
-        )
-    for depth, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-            raise OptionError(
-                f"{key}: the weight of depth {depth} must be a number >= 0, got {weight!r}"
-            )
-    if not any(weights.values()):
-        raise OptionError(f"{key} are all zero; at least one variant must be trained")
-    return {d: float(w) for d, w in weights.items()}
+    try:
+        return variant_weights(depths, train.get(WEIGHTS_KEY), f"train.{WEIGHTS_KEY}")
+    except ValueError as err:
+        raise OptionError(str(err)) from None
 
 
 def check_network_type(network_options: Any, key: str = "network_g") -> str:
@@ -246,6 +270,7 @@ def check_options(options: Mapping[str, Any]) -> None:
         depths = list(config.depth_variants) if config.depth_variants else [None]
         variant_loss_weights(options, depths)
         amp_setting(options)
+        distill_setting(options)
     elif has_section:
         raise OptionError(
             f"the '{SECTION}:' section is only read by model_type: {MODEL_TYPE}, but "
