@@ -38,7 +38,7 @@ from .rewrite.depth import depth_switchable_bodies
 from .rewrite.input_size import fixed_input_size
 from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
 from .rewrite.transaction import ModuleSwaps
-from .rewrite.variants import use_depth
+from .rewrite.variants import use_depth, variant_depths
 
 FLOAT_BITS = 32
 DEFAULT_INPUT_SIZE = (3, 256, 256)
@@ -290,9 +290,7 @@ def report(
     label = spec.method
     twin = _Twin(model)
     rows = []
-    bodies = depth_switchable_bodies(twin.model)
-    depths = bodies[0][1].depth_variants if bodies else [None]
-    for depth in depths:
+    for depth in variant_depths(twin.model):
         if depth is None:
             cost = _count(twin.model, input_size, type(model).__name__)
             blocks = record.body.depth if record.body else None

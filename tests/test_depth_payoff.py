@@ -67,15 +67,13 @@ def test_variants_that_leave_blocks_unused_are_refused_with_the_fix():
     model = arch("MSRResNet", num_feat=16, num_block=8, upscale=2)
     with pytest.raises(
         ValueError,
-        match=r"leave body\.4, body\.5, body\.6, body\.7 of the 8-block body 'body' unused.*"
+        match=r"leave body\.1, body\.3, body\.5, body\.7 of the 8-block body 'body' unused.*"
         r"add 8 to depth_variants \(e\.g\. \[8, 4, 2, 1\]\)",
     ):
         qsr_plugin.quantize(model, bits=4, depth_variants=[4, 2, 1])
     assert qsr_plugin.quantization_record(model) is None
-    with pytest.raises(ValueError, match=r"leave body\.3 of .* list them in depth_members"):
-        qsr_plugin.quantize(
-            msrresnet(), bits=4, depth_variants=[4, 2], depth_members={4: [0, 1, 2, 0 + 4]}
-        )
+    with pytest.raises(ValueError, match=r"leave body\.1, body\.2, body\.3 of .*\[4, 1\]"):
+        qsr_plugin.quantize(msrresnet(), bits=4, depth_variants=[1], depth_members={1: [0]})
 
 
 def test_an_unknown_depth_policy_is_refused_by_name():
@@ -117,7 +115,7 @@ def test_the_importance_plan_is_stored_reloaded_and_deterministic(float_model, t
     first, second = trained(), trained()
     assert first.body.plan() == second.body.plan()
     assert torch.equal(first.body.block_importance, second.body.block_importance)
-    assert not torch.isnan(first.body.block_importance).any()  # measured during training
+    assert first.body.block_importance.abs().sum() > 0  # measured during training
     state = first.state_dict()
     assert {"body.membership", "body.block_importance"} <= set(state)
     fresh = quantized(float_model, depth_variants=[4, 2, 1], depth_policy="importance")
@@ -208,7 +206,7 @@ def test_bad_distillation_input_is_refused_by_name(float_model):
     other = arch("MSRResNet", num_feat=8, num_block=4, upscale=2)
     with pytest.raises(ValueError, match=r"teacher \(MSRResNet\) does not match.*shapes differ"):
         FloatTeacher(other, model)
-    with pytest.raises(ValueError, match=r"the teacher lacks body\.3\.conv1\.weight"):
+    with pytest.raises(ValueError, match=r"the teacher lacks body\.3\.conv1\.bias, body\.3\.conv1"):
         FloatTeacher(arch("MSRResNet", num_feat=16, num_block=3, upscale=2), model)
     with pytest.raises(ValueError, match="teacher is a quantized model"):
         FloatTeacher(quantized(float_model), model)

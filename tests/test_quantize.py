@@ -101,7 +101,6 @@ def test_a_float_checkpoint_loads_with_only_new_keys_missing():
         "body.shortcut_scale",
         "body.residual_scale",
         "body.membership",
-        "body.block_importance",
     }
     assert all("_quant." in k or k in dqa_keys for k in result.missing_keys)
     for key, value in checkpoint.items():

@@ -21,7 +21,7 @@ import torch
 from ..export.freeze import freeze
 from ..export.onnx_export import export_onnx
 from ..export.safetensors_io import load
-from ..rewrite.depth import depth_switchable_bodies
+from ..rewrite.variants import variant_depths
 from ._recipe import build_network, read_recipe
 
 
@@ -65,12 +65,11 @@ def register(subparsers) -> None:
 
 
 def _depths(model, requested: list[int] | None) -> list[int | None]:
-    bodies = depth_switchable_bodies(model)
-    if not bodies:
+    variants = variant_depths(model)
+    if variants == [None]:
         if requested:
             raise ValueError(f"--depth {requested[0]}: the recipe's network has no depth variants")
-        return [None]
-    variants = bodies[0][1].depth_variants
+        return variants
     for depth in requested or []:
         if depth not in variants:
             raise ValueError(f"--depth {depth} is not a depth variant; choose from {variants}")

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import QuantizeConfig
 from ..rewrite.quantize import quantize
-from ..rewrite.variants import depth_variants, joint_variant_loss, set_depth
+from ..rewrite.variants import joint_variant_loss, set_depth, variant_depths
 
 
 def _config(quantsr: Mapping[str, Any] | QuantizeConfig | None) -> QuantizeConfig:
@@ -100,13 +100,9 @@ def distill(
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
     history = []
-    has_variants = bool(_depth_variants_or_none(student))
     for step in range(steps):
         batch, target = batches[step % len(batches)], targets[step % len(batches)]
-        if has_variants:
-            loss, _ = joint_variant_loss(student, batch, target, distillation_loss)
-        else:
-            loss = distillation_loss(student(batch), target)
+        loss, _ = joint_variant_loss(student, batch, target, distillation_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,19 +121,12 @@ def _logits(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]
     return [model(batch) for batch in _on_device_of(model, batches)]
 
 
-def _depth_variants_or_none(model: nn.Module) -> list[int] | None:
-    try:
-        return depth_variants(model)
-    except ValueError:
-        return None
-
-
 def agreement(
     student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor]
 ) -> dict[int | None, dict[str, float]]:
     """Per depth (None without depth variants): top-1 agreement and KL to the teacher."""
     student, teacher = student.eval(), teacher.eval()
-    depths = _depth_variants_or_none(student) or [None]
+    depths = variant_depths(student)
     batches = _on_device_of(student, batches)
     result = {}
     with torch.no_grad():

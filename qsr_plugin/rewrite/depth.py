@@ -35,8 +35,9 @@ Which blocks a variant of depth d runs (the membership policy):
 
 Every block must belong to at least one variant (a block no variant runs would never be
 trained or calibrated); such plans are refused when the container is built. The plan lives
-in the ``membership`` buffer (variants x blocks, deepest variant first) and the measured
-importance in ``block_importance``, so both travel with ``state_dict()`` and saved files.
+in the ``membership`` buffer (variants x blocks, deepest variant first) and, under
+``"importance"``, the last measured importance in ``block_importance`` (0 until measured),
+so both travel with ``state_dict()`` and saved files.
 """
 
 from __future__ import annotations
@@ -129,17 +130,13 @@ def plan_variants(
             )
         plan[depth] = chosen
     unused = sorted(set(range(total)).difference(*plan.values()))
-    if unused:
+    if unused:  # only when the deepest variant is shallower than the body
         names = ", ".join(f"{path}.{i}" for i in unused)
-        fix = (
-            f"add {original} to depth_variants (e.g. {sorted({original, *depths}, reverse=True)})"
-            if max(depths) < original
-            else "list them in depth_members"
-        )
         raise ValueError(
             f"depth_variants={list(depths)} leave {names} of the {original}-block body "
             f"{path!r} unused: no variant runs them, so they would never be calibrated or "
-            f"trained; {fix}"
+            f"trained; add {original} to depth_variants (e.g. "
+            f"{sorted({original, *depths}, reverse=True)})"
         )
     return plan
 
@@ -196,7 +193,8 @@ class _DepthSwitchable:
             "membership",
             torch.zeros(len(self.depths), total, dtype=torch.bool, device=options["device"]),
         )
-        self.register_buffer("block_importance", torch.full((original,), float("nan"), **options))
+        if policy == "importance":  # the last measurement (0 until the first)
+            self.register_buffer("block_importance", torch.zeros(original, **options))
         self.active_depth = self.depths[0]
         self._feature_sink: dict[int, torch.Tensor] | None = None
         self._skipped: frozenset[int] = frozenset()
