@@ -87,7 +87,7 @@ QUICK = AccuracySettings(
 )  # fmt: skip
 FULL = AccuracySettings(
     num_feat=48, num_block=8, scale=2, patch=24, batch=16,
-    float_steps=4000, float_lr=1e-3, qat_steps=300, qat_lr=2e-4,
+    float_steps=4000, float_lr=1e-3, qat_steps=250, qat_lr=2e-4,
 )  # fmt: skip
 
 

@@ -205,7 +205,11 @@ class QuantSRModel(SRModel):
                 teacher.to(self.device), self.get_bare_model(self.net_g), config
             )
         except (RuntimeError, TypeError, ValueError) as err:
-            raise OptionError(f"quantsr.distill.teacher: {path} [{entry}]: {err}") from None
+            first = " ".join(line.strip() for line in str(err).splitlines()[:2])
+            raise OptionError(
+                f"quantsr.distill.teacher: {path} [{entry}]: {first}; the teacher must be a "
+                "float checkpoint of this network_g"
+            ) from None
         self._log(f"Distilling from the float teacher {path} [{entry}]: {config}")
         return distiller
 
