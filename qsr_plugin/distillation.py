@@ -75,7 +75,7 @@ def _float_keys(student: nn.Module) -> dict[str, torch.Size]:
     skipped = [f"{name}." for name, _ in quantizers_of(student)]
     for path, body in depth_switchable_bodies(student):
         skipped += [f"{path}.{name}" for name in body.dqa_tensors()]
-        skipped += [f"{path}.{name}." for name in body.block_names[body.original_depth :]]
+        skipped += [f"{path}.{name}." for name in body.grown_blocks()]
     return {
         key: tensor.shape
         for key, tensor in student.state_dict().items()

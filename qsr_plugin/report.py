@@ -191,8 +191,7 @@ class _Twin:
         """Put each depth-switchable body back as its original blocks (the float model)."""
         swaps = ModuleSwaps(self.model)
         for path, container in depth_switchable_bodies(self.model):
-            names = container.block_names[: container.original_depth]
-            blocks = [(name, container._modules[name]) for name in names]
+            blocks = container.original_blocks()
             if isinstance(container, nn.Sequential):
                 swaps.replace(path, nn.Sequential(OrderedDict(blocks)))
             else:

@@ -246,6 +246,18 @@ class _DepthSwitchable:
         chosen = self._plan[self.active_depth if depth is None else depth]
         return [i for i in self.execution_order if i in chosen]
 
+    def original_blocks(self) -> list[tuple[str, nn.Module]]:
+        """``(name, block)`` of the body's own blocks, in order (the float body)."""
+        names = self.block_names[: self.original_depth]
+        return [(name, self._modules[name]) for name in names]
+
+    def grown_blocks(self) -> dict[str, str]:
+        """Name of each grown block -> name of the original block it was copied from."""
+        return {
+            self.block_names[self.original_depth + offset]: self.block_names[source]
+            for offset, source in enumerate(self.grown_from)
+        }
+
     def group(self, index: int) -> list[int]:
         """Original block ``index`` and the blocks grown from it."""
         return [i for i in range(len(self.group_of)) if self.group_of[i] == index]

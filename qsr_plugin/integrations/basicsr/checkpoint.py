@@ -148,9 +148,8 @@ def _grown_block_sources(net: nn.Module) -> dict[str, str]:
     """Key prefix of each grown block -> key prefix of the block it was grown from."""
     sources = {}
     for name, body in depth_switchable_bodies(net):
-        for offset, source in enumerate(body.grown_from):
-            grown = body.block_names[body.original_depth + offset]
-            sources[f"{name}.{grown}."] = f"{name}.{body.block_names[source]}."
+        for grown, source in body.grown_blocks().items():
+            sources[f"{name}.{grown}."] = f"{name}.{source}."
     return sources
 
 
