@@ -1,10 +1,12 @@
 """Learned block ranking for ``depth_policy="importance"``: which blocks smaller variants keep.
 
-The importance of original block ``i`` is the increase of the loss when the block (with the
-blocks grown from it) is skipped, in the shallowest variant that runs every original block,
-averaged over a few fixed batches (and over ranks under ``torch.distributed``). A variant of
-depth ``d`` smaller than the body then runs the ``d`` most important blocks (ties go to the
-lower index), so the variants stay nested; deeper variants keep their plan. The training
+Blocks are ranked by greedy backward elimination (QuantSR+ prunes the least critical blocks
+progressively): in the shallowest variant that runs every original block, the block whose
+skipping (with the blocks grown from it) raises the loss least is dropped, then the next
+among the remaining ones, until the smallest variant's depth is left. Losses are averaged
+over a few fixed batches (and over ranks under ``torch.distributed``); ties go to the lower
+index. A variant of depth ``d`` smaller than the body runs the ``d`` blocks left when only
+``d`` remain, so the variants stay nested; deeper variants keep their plan. The training
 loops re-plan before the steps at :data:`REPLAN_FRACTIONS` of the run (the first plan
 comes from the model as it starts QAT, the later ones from the model as it trains); the
 plan and the measurements live in the body's ``membership`` and ``block_importance``
@@ -43,12 +45,52 @@ def _mean_loss(model, batches, loss_fn) -> float:
     return sum(float(loss_fn(model(lr), hr)) for lr, hr in batches) / len(batches)
 
 
+def _averaged_over_ranks(values: list[float]) -> torch.Tensor:
+    found = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(found)
+        found /= dist.get_world_size()
+    return found
+
+
+def _eliminate(body, run_loss: Callable[[], float], keep: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy backward elimination over the original blocks of ``body``.
+
+    Starting from all of them, repeatedly drop the block whose skipping (with its grown
+    copies) raises the loss least, until ``keep`` remain. Returns the blocks from least
+    to most important (the last ``keep`` are the survivors, ordered by the loss increase
+    when each is dropped from the survivors) and each block's increase when it was dropped.
+    """
+
+    def loss_running(kept: list[int]) -> float:
+        skipped = [j for i in range(body.original_depth) if i not in kept for j in body.group(i)]
+        with body.skipping(skipped):
+            return run_loss()
+
+    kept = list(range(body.original_depth))
+    increases = torch.zeros(body.original_depth, dtype=torch.float64)
+    order: list[int] = []
+    while True:
+        base = loss_running(kept)
+        losses = [loss_running([j for j in kept if j != i]) for i in kept]
+        rise = _averaged_over_ranks(losses) - float(_averaged_over_ranks([base]))
+        if len(kept) <= keep:
+            survivors = sorted(range(len(kept)), key=lambda k: (float(rise[k]), kept[k]))
+            for k in survivors:
+                increases[kept[k]] = rise[k]
+            return order + [kept[k] for k in survivors], increases
+        weakest = min(range(len(kept)), key=lambda k: (float(rise[k]), kept[k]))
+        increases[kept[weakest]] = rise[weakest]
+        order.append(kept.pop(weakest))
+
+
 def measure_block_importance(
     model: nn.Module,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
-) -> dict[str, torch.Tensor]:
-    """Loss increase when each original block is skipped, per importance-planned body."""
+) -> dict[str, tuple[list[int], torch.Tensor]]:
+    """Per importance-planned body: its original blocks from least to most important and
+    the loss increase measured when each was dropped (see :func:`_eliminate`)."""
     model = unwrap(model)
     found = {}
     was_training = model.training
@@ -57,19 +99,15 @@ def measure_block_importance(
         with torch.no_grad():
             for path, body in importance_bodies(model):
                 reference = min(d for d in body.depth_variants if d >= body.original_depth)
+                keep = min(body.depth_variants)
                 with use_depth(model, reference):
-                    base = _mean_loss(model, batches, loss_fn)
-                    scores = []
-                    for index in range(body.original_depth):
-                        with body.skipping(body.group(index)):
-                            scores.append(_mean_loss(model, batches, loss_fn) - base)
-                found[path] = torch.tensor(scores, dtype=torch.float64)
+                    found[path] = _eliminate(
+                        body,
+                        lambda: _mean_loss(model, batches, loss_fn),
+                        min(keep, body.original_depth),
+                    )
     finally:
         model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        for scores in found.values():
-            dist.all_reduce(scores)
-            scores /= dist.get_world_size()
     return found
 
 
@@ -91,15 +129,14 @@ def replan_by_importance(
             "quantize it with depth_policy='importance'"
         )
     plans = {}
-    for path, scores in measure_block_importance(model, batches, loss_fn).items():
+    for path, (ascending, increases) in measure_block_importance(model, batches, loss_fn).items():
         body = bodies[path]
-        ranking = sorted(range(body.original_depth), key=lambda i: (-float(scores[i]), i))
         plan = body.plan()
         for depth in plan:
             if depth < body.original_depth:
-                plan[depth] = sorted(ranking[:depth])
+                plan[depth] = sorted(ascending[body.original_depth - depth :])
         with torch.no_grad():
-            body.block_importance.copy_(scores.to(body.block_importance.dtype))
+            body.block_importance.copy_(increases.to(body.block_importance.dtype))
         body.set_plan(plan)
         plans[path] = body.plan()
     return plans
