@@ -8,10 +8,9 @@ Example:
 The main entry point is :func:`quantize`.
 """
 
-__version__ = "0.1.0"
-
 from ._basicsr_compat import install_legacy_alias
 from ._torch_logs import drop_no_cuda_runtime_warning
+from ._version import __version__
 from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
 from .export import export_onnx, freeze, load, save

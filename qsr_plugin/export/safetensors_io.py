@@ -35,8 +35,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .. import __version__
 from .._files import write_atomically
+from .._version import __version__
 from .layer_tables import TABLE_NAMES, pack_tables, unpack_tables
 from .model_description import describe, differences
 from .quantized_layers import require_deployable, require_quantized
