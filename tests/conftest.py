@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from qsr_plugin import use_compiled_kernels
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import builtin_images, to_tensor
 
 
@@ -33,8 +32,7 @@ def real_batch(photo):
 
 @pytest.fixture
 def eager_kernels():
-    """Eager quantizer kernels: for tests about something other than the compiled kernels."""
-    previous = compiled_kernels_enabled()
-    use_compiled_kernels(False)
-    yield
-    use_compiled_kernels(previous)
+    """Eager quantizer kernels (no 20 s compile), then the previous choice: for tests about
+    something other than the compiled kernels (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with use_compiled_kernels(False):
+        yield

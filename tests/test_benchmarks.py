@@ -24,18 +24,7 @@ from benchmarks.memory import peak_step_memory
 from benchmarks.models import Backbone, small_msrresnet
 from benchmarks.report import save
 from benchmarks.torch_ao_qat import prepare_torch_ao
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.quantizers._rounding import learned_step_fake_quantize
-
-
-@pytest.fixture
-def eager_kernels():
-    """Eager quantizer kernels (no compile time) for the toy runs; restored afterwards."""
-    previous = compiled_kernels_enabled()
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(previous)
-
 
 # A SwinIR with few layers: brevitas builds each quantized layer slowly.
 TINY_SWINIR = Backbone(

@@ -5,11 +5,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _deploy_models import eager_kernels, lr_patches  # noqa: F401  (autouse fixture)
+from _deploy_models import lr_patches
 from torch import nn
 
 import qsr_plugin
 from qsr_plugin.export._integer_plan import fused_convolutions
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 class Chains(nn.Module):

@@ -9,10 +9,9 @@ import onnx  # the [onnx] extra; [test] and [dev] install it
 import onnxruntime as ort
 import pytest
 import torch
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
-    eager_kernels,
     lr_crops,
     lr_patches,
     small_msrresnet,
@@ -22,6 +21,8 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
 import qsr_plugin
 from qsr_plugin.export import onnx_export
 from qsr_plugin.export.frozen_layers import is_frozen_layer
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 # The stated tolerance (see qsr_plugin/export/onnx_export.py): onnxruntime's LayerNorm,
 # softmax and GELU differ from PyTorch's by about 1e-7, which now and then moves an

@@ -28,14 +28,9 @@ from qsr_plugin.sr_training import (
     train_qat,
 )
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 SCALE = 2
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(True)
 
 
 @functools.lru_cache
