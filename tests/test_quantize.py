@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -379,5 +380,19 @@ def test_config_object_and_settings_are_exclusive():
     config = qsr_plugin.QuantizeConfig(bits=2)
     model = qsr_plugin.quantize(copy.deepcopy(arch_by_name("EDSR").build()), config=config)
     assert qsr_plugin.quantization_record(model).config == config
-    with pytest.raises(ValueError, match="either config="):
+    with pytest.raises(ValueError, match=r"also scope='all'; pass either config="):
         qsr_plugin.quantize(arch_by_name("EDSR").build(), config=config, scope="all")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"bits": 4}, {"bits": 2}, {"depth_variants": [4, 2]}, {"bits": 4, "method": "lsq"}],
+    ids=["default-bits", "bits", "depth_variants", "bits-and-method"],
+)
+def test_settings_beside_a_config_are_refused_even_when_equal_to_the_default(given):
+    model = arch_by_name("EDSR").build()
+    snapshot = _snapshot(model)
+    changes = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    with pytest.raises(ValueError, match=re.escape(f"dataclasses.replace(config, {changes})")):
+        qsr_plugin.quantize(model, config=qsr_plugin.QuantizeConfig(bits=2), **given)
+    _assert_unchanged(model, snapshot)

@@ -159,7 +159,7 @@ def _check_iterated(model, body: Body, container: DepthSwitchableModuleList, pro
 
 def quantize(
     model: nn.Module,
-    bits: int = 4,
+    bits: int | None = None,
     depth_variants: list[int] | None = None,
     *,
     config: QuantizeConfig | None = None,
@@ -175,9 +175,10 @@ def quantize(
 
     Args:
         model: a float model (BasicSR arch, timm model, any nn.Module).
-        bits: weight and activation bits, 2..8.
+        bits: weight and activation bits, 2..8 (4 when omitted).
         depth_variants: depths sharing one set of weights, e.g. [4, 2, 1]; None for none.
-        config: all settings at once, instead of ``bits``/``depth_variants``/``settings``.
+        config: all settings at once, instead of ``bits``/``depth_variants``/``settings``;
+            passing both is refused (``dataclasses.replace(config, bits=2)`` changes one).
         example_input: an input the model accepts, for tracing; guessed when omitted.
         **settings: any other :class:`QuantizeConfig` field (``weight_bits``, ``act_bits``,
             ``method``, ``scope``, ``include``, ``exclude``, ``body``, ...).
@@ -187,11 +188,11 @@ def quantize(
 
     Raises:
         TypeError: ``model`` is not an nn.Module.
-        ValueError: bad settings, an already quantized model, no layer to quantize, a layer
-            to quantize that the forward runs in training mode but not in eval mode or the
-            other way round (ECBSR's re-parameterised eval path), or a body that cannot take
-            depth variants; the message names the module or argument. Layers that run in
-            neither mode stay float, with a warning.
+        ValueError: bad settings, settings given beside ``config``, an already quantized
+            model, no layer to quantize, a layer to quantize that the forward runs in training
+            mode but not in eval mode or the other way round (ECBSR's re-parameterised eval
+            path), or a body that cannot take depth variants; the message names the module
+            or argument. Layers that run in neither mode stay float, with a warning.
         RuntimeError: replacing a layer or the body failed unexpectedly; the message names
             the module and the fix, and the model is left unchanged.
 
@@ -207,12 +208,17 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
     wrapper, model = model, unwrap(model)
+    given = {"bits": bits, "depth_variants": depth_variants}
+    given = {**{k: v for k, v in given.items() if v is not None}, **settings}
     if config is None:
-        config = QuantizeConfig.from_dict(
-            {"bits": bits, "depth_variants": depth_variants, **settings}
+        config = QuantizeConfig.from_dict(given)
+    elif given:
+        changes = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ValueError(
+            f"quantize() got config= and also {changes}; pass either config=QuantizeConfig(...) "
+            f"or individual settings, not both (dataclasses.replace(config, {changes}) "
+            "combines them)"
         )
-    elif settings or bits != 4 or depth_variants is not None:
-        raise ValueError("pass either config=QuantizeConfig(...) or individual settings, not both")
     already = existing_quantized_layers(model) or [n for n, _ in depth_switchable_bodies(model)]
     if already:
         raise ValueError(
