@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _deploy_models import as_trained, eager_kernels  # noqa: F401  (autouse fixture)
+from _deploy_models import as_trained
 
 import qsr_plugin
 from qsr_plugin.cli import main
 from qsr_plugin.cli._recipe import build_network, read_recipe
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 RECIPE = Path(__file__).parent / "fixtures" / "recipes" / "quantsr_t_x4_w2_small.yml"
 REPOSITORY_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("quantsr_*.yml"))
@@ -61,7 +63,7 @@ def write_recipe(tmp_path, change):
     [
         (
             lambda o: o["quantsr"].update(bitz=4),
-            r"unknown key\(s\) quantsr\.bitz; valid keys: bits",
+            r"unknown key\(s\) quantsr\.bitz \(did you mean quantsr\.bits\?\); valid keys: bits",
         ),
         (lambda o: o.pop("quantsr"), r"needs a 'quantsr:' section"),
         (

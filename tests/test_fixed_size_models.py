@@ -3,10 +3,12 @@
 import pytest
 import timm
 import torch
-from _deploy_models import arch, eager_kernels  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import arch
 
 import qsr_plugin
 from qsr_plugin.rewrite.quantize import default_example_input
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def timm_model(name, **settings):
