@@ -372,7 +372,9 @@ def test_a_modulelist_the_forward_indexes_is_refused_and_rolled_back():
 
 
 def test_unknown_setting_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) bitz; valid keys: bits"):
+    with pytest.raises(
+        ValueError, match=r"unknown key\(s\) bitz \(did you mean bits\?\); valid keys: bits"
+    ):
         qsr_plugin.quantize(arch_by_name("EDSR").build(), bitz=4)
 
 
