@@ -1,12 +1,19 @@
-"""Shared fixtures: real images as model inputs."""
+"""Shared fixtures: real images as model inputs; the data folder of the tests."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from qsr_plugin import use_compiled_kernels
 from qsr_plugin.sr_data import builtin_images, to_tensor
+
+# Set5, Set14 and T91 beside the repository unless QSR_DATA_DIR says otherwise. Set here, at
+# import, so that subprocesses (CLI, DDP, BasicSR runs) see it too.
+os.environ.setdefault("QSR_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
