@@ -94,7 +94,9 @@ def quantize_config(options: Mapping[str, Any]) -> QuantizeConfig:
     if section is None:
         raise OptionError(
             f"model_type {MODEL_TYPE} needs a '{SECTION}:' section (e.g. bits: 4, "
-            "depth_variants: [32, 16, 8]); see recipes/README.md"
+            "depth_variants: [32, 16, 8]) whose keys are the fields of "
+            "qsr_plugin.QuantizeConfig; the recipes/ folder of the qsr_plugin repository "
+            "(not installed with the package) has complete option files"
         )
     if not isinstance(section, Mapping):
         raise OptionError(f"'{SECTION}' must be a mapping of settings, got {section!r}")
