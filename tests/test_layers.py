@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsr_plugin import QuantConv2d, QuantLinear, QuantSpec
+from qsr_plugin.layers import conv_settings
 from qsr_plugin.quantizers._rounding import learned_step_fake_quantize
 
 CONV_GEOMETRIES = [
@@ -49,10 +50,10 @@ def test_quant_conv_equals_float_conv_on_quantized_operands(geometry):
 
 
 def test_from_float_shares_parameters_and_keeps_state_dict_keys():
-    conv = nn.Conv2d(4, 4, 3, padding=1)
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="reflect")
     quantized = QuantConv2d.from_float(conv)
     assert quantized.weight is conv.weight and quantized.bias is conv.bias
-    assert isinstance(quantized, nn.Conv2d)
+    assert conv_settings(quantized) == conv_settings(conv)  # same geometry as the float layer
     float_keys = set(conv.state_dict())
     assert float_keys <= set(quantized.state_dict())
     missing = quantized.load_state_dict(conv.state_dict(), strict=False).missing_keys

@@ -31,13 +31,14 @@ def test_quantize_trains_calibrates_and_switches_depth(arch, real_batch):
     with torch.no_grad():
         float_out = model.eval()(x)
     depths = variants_for(arch.body_depth)
-    qsr_plugin.quantize(model, bits=4, depth_variants=depths, example_input=x[:1])
+    returned = qsr_plugin.quantize(model, bits=4, depth_variants=depths, example_input=x[:1])
+    assert returned is model, "quantize() works in place and returns the model"
+    assert type(model) is type(arch.build()), "the model keeps its class"
 
     record = qsr_plugin.quantization_record(model)
     assert record.body.path == arch.body and record.body.depth == arch.body_depth
     assert qsr_plugin.depth_variants(model) == depths
     assert record.quantized and all(name.startswith(arch.body + ".") for name in record.quantized)
-    assert type(model).__name__ == arch.build().__class__.__name__
 
     qsr_plugin.calibrate(model, x)
     model.train()
