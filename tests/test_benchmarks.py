@@ -7,11 +7,13 @@ or the comparison in benchmarks/README.md would not compare like with like.
 import copy
 import json
 import time
+import types
+from pathlib import Path
 
 import brevitas.nn as brevitas_nn
 import pytest
 import torch
-from archs import arch_by_name
+from archs import SWINIR_S, arch_by_name
 from torch import nn
 
 import qsr_plugin
@@ -21,6 +23,7 @@ from benchmarks.body_layers import body_layer_names, signed_inputs
 from benchmarks.brevitas_qat import prepare_brevitas
 from benchmarks.float_cache import cached_float_model
 from benchmarks.memory import peak_step_memory
+from benchmarks.models import SWINIR_S as BENCHMARK_SWINIR_S
 from benchmarks.models import Backbone, small_msrresnet
 from benchmarks.report import save
 from benchmarks.torch_ao_qat import prepare_torch_ao
@@ -43,6 +46,10 @@ def _msrresnet():
 
 
 # -- which layers, which bits ---------------------------------------------------------
+
+
+def test_the_benchmarks_build_swinir_s_as_the_tests_do():
+    assert BENCHMARK_SWINIR_S.settings == SWINIR_S
 
 
 def test_body_layer_names_are_the_body_convs_of_msrresnet():
@@ -320,6 +327,28 @@ def test_float_model_is_trained_once_then_loaded(eager_kernels, tmp_path):
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first.conv_first.weight, backbone.build(0).conv_first.weight)
+
+
+def test_every_benchmark_module_is_an_entry_of_benchmarks_run():
+    folder = Path(run.__file__).parent
+    with_run = {p.stem for p in folder.glob("*.py") if "\ndef run(" in p.read_text()} - {"run"}
+    modules = [b for b in run.BENCHMARKS.values() if isinstance(b, types.ModuleType)]
+    assert {m.__name__.removeprefix("benchmarks.") for m in modules} == with_run
+    assert "accuracy" in run.BENCHMARKS  # through run.py's adapter until accuracy.py has run()
+
+
+def test_run_only_saves_and_prints_one_benchmark_with_its_own_options(
+    eager_kernels, tmp_path, capsys
+):
+    options = ["--rounds", "1", "--size", "8", "--channels", "4", "--batch", "1"]
+    (written,) = run.main(["--only", "layer_overhead", "--results-dir", str(tmp_path), *options])
+    assert written == tmp_path / "layer_overhead.md"
+    data = json.loads((tmp_path / "layer_overhead.json").read_text())
+    assert [row["layer"] for row in data["rows"]] == ["float", "quantsr", "lsq", "pams", "dorefa"]
+    assert "input 1x4x8x8" in data["what"]
+    assert written.read_text() in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # another benchmark's option is refused
+        run.main(["--only", "speed", "--channels", "4", "--results-dir", str(tmp_path)])
 
 
 def test_gpu_check_without_cuda_exits_with_a_message(monkeypatch, tmp_path):
