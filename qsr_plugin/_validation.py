@@ -9,21 +9,19 @@ FLOAT_BITS = 32
 QUANT_BITS = range(2, 9)
 
 
-def check_bits(value: object, argument: str) -> int:
-    """Return ``value`` if it is a valid bit width (an int in 2..8, or 32 for float).
+def check_bits(value: object, argument: str, allow_float: bool = True) -> int:
+    """Return ``value`` if it is a valid bit width: an int in 2..8, or 32 (float) if allowed.
 
     Raises:
         ValueError: naming ``argument`` and the allowed values.
     """
+    allowed = "2..8 (or 32 to keep that side in float)" if allow_float else "2..8"
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(
-            f"{argument} must be an int in 2..8 (or 32 to keep that side in float), "
-            f"got {value!r} of type {type(value).__name__}"
+            f"{argument} must be an int in {allowed}, got {value!r} of type {type(value).__name__}"
         )
-    if value != FLOAT_BITS and value not in QUANT_BITS:
-        raise ValueError(
-            f"{argument} must be in 2..8 (or 32 to keep that side in float), got {value}"
-        )
+    if value not in QUANT_BITS and not (allow_float and value == FLOAT_BITS):
+        raise ValueError(f"{argument} must be in {allowed}, got {value}")
     return value
 
 

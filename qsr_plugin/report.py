@@ -30,6 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ._validation import FLOAT_BITS
 from .cost_count import ForwardCost, count_forward
 from .export.quantized_layers import quantized_layers, require_deployable, require_quantized
 from .export.safetensors_io import save, unique_state
@@ -40,7 +41,6 @@ from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
 from .rewrite.transaction import ModuleSwaps
 from .rewrite.variants import use_depth
 
-FLOAT_BITS = 32
 DEFAULT_INPUT_SIZE = (3, 256, 256)
 
 
