@@ -14,9 +14,9 @@ from torch import nn
 from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
-from ..layers import FLOAT_TO_QUANTIZED
+from ..layers import COMPUTE_TYPES, layer_types
 from ._module_state import preserved_module_state
-from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
+from .analysis import ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
 from .coverage import observe, require_run
 from .depth import (
@@ -263,11 +263,10 @@ def quantize(
         spec = config.layer_spec()
         for path in selection.quantize:
             layer = model.get_submodule(path)
-            float_type = next(t for t in COMPUTE_TYPES if isinstance(layer, t))
             with _naming(
                 f"{path} ({type(layer).__name__})", f"keep it in float with exclude=[{path!r}]"
             ):
-                swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
+                swaps.replace(path, layer_types(layer).quantized.from_float(layer, spec))
     except BaseException:
         swaps.undo()
         raise
@@ -290,3 +289,4 @@ def quantize(
         left_float=selection.left_float,
     )
     return wrapper
+
