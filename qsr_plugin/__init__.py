@@ -18,7 +18,7 @@ from .layers import QuantConv2d, QuantLinear
 from .quantizers import Quantizer, list_methods, register_method
 from .quantizers._kernels import use_compiled_kernels
 from .report import report
-from .rewrite.quantize import quantization_record, quantize
+from .rewrite.quantize import dequantize, quantization_record, quantize
 from .rewrite.summary import summary
 from .rewrite.variants import (
     active_depth,
@@ -42,6 +42,7 @@ __all__ = [
     "active_depth",
     "calibrate",
     "depth_variants",
+    "dequantize",
     "export_onnx",
     "freeze",
     "iter_depths",

@@ -399,3 +399,42 @@ def test_settings_beside_a_config_are_refused_even_when_equal_to_the_default(giv
     with pytest.raises(ValueError, match=re.escape(f"dataclasses.replace(config, {changes})")):
         qsr_plugin.quantize(model, config=qsr_plugin.QuantizeConfig(bits=2), **given)
     _assert_unchanged(model, snapshot)
+
+
+# -- dequantize ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["MSRResNet", "SwinIR-classical"])
+def test_dequantize_gives_back_the_float_model_with_the_trained_weights(name, real_batch):
+    arch = arch_by_name(name)
+    float_model = arch.build().eval()
+    x = real_batch(arch.input_shape)
+    model = qsr_plugin.quantize(
+        copy.deepcopy(float_model), bits=4, depth_variants=[2 * arch.body_depth, 2]
+    )
+    first = next(m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear)))
+    weight = first.weight
+    assert qsr_plugin.dequantize(model) is model
+    assert [(n, type(m)) for n, m in model.named_modules()] == [
+        (n, type(m)) for n, m in float_model.named_modules()
+    ]
+    assert qsr_plugin.quantization_record(model) is None
+    state, expected = model.state_dict(), float_model.state_dict()
+    assert list(state) == list(expected)
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    assert any(p is weight for p in model.parameters()), "the trained weights are shared"
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), float_model(x))
+
+
+def test_dequantize_can_keep_the_depth_variants():
+    model = qsr_plugin.quantize(arch_by_name("EDSR").build(), bits=2, depth_variants=[4, 2])
+    qsr_plugin.dequantize(model, bodies=False)
+    assert qsr_plugin.depth_variants(model) == [4, 2]
+    assert not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    assert isinstance(model.body, DepthSwitchableSequential)
+
+
+def test_dequantize_refuses_a_model_that_was_not_quantized():
+    with pytest.raises(ValueError, match=r"dequantize\(\): EDSR was not quantized"):
+        qsr_plugin.dequantize(arch_by_name("EDSR").build())
+    with pytest.raises(TypeError, match="needs a torch.nn.Module, got str"):
+        qsr_plugin.dequantize("model.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -290,3 +291,58 @@ def quantize(
     )
     return wrapper
 
+
+def _original_body(container: nn.Module) -> nn.Module:
+    """The body that ``container`` was built from: its original blocks (the same objects)."""
+    names = container.block_names[: container.original_depth]
+    blocks = [(name, container._modules[name]) for name in names]
+    if isinstance(container, nn.Sequential):
+        return nn.Sequential(OrderedDict(blocks)).train(container.training)
+    return nn.ModuleList(block for _, block in blocks).train(container.training)
+
+
+def dequantize(model: nn.Module, *, bodies: bool = True) -> nn.Module:
+    """Undo :func:`quantize`, in place, and return the model: a float model again.
+
+    Every :class:`QuantConv2d`/:class:`QuantLinear` becomes its float layer, sharing its
+    weight and bias (trained values are kept, quantizers dropped), each depth-switchable body
+    becomes its original blocks (grown blocks and shortcut scales are dropped), and the
+    quantization record goes, so the model's state-dict keys are the float model's again.
+
+    Args:
+        model: a model :func:`quantize` returned (possibly wrapped, see :func:`quantize`).
+        bodies: False keeps the depth-switchable bodies (with float layers), so every depth
+            variant still runs.
+
+    Returns:
+        ``model``, in float.
+
+    Raises:
+        TypeError: ``model`` is not an nn.Module.
+        ValueError: ``model`` was not quantized.
+
+    Example:
+        >>> import qsr_plugin
+        >>> from torch import nn
+        >>> blocks = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), blocks, nn.Conv2d(8, 3, 1))
+        >>> net = qsr_plugin.dequantize(qsr_plugin.quantize(net, depth_variants=[4, 2]))
+        >>> type(net[1][0]), qsr_plugin.quantization_record(net)
+        (<class 'torch.nn.modules.conv.Conv2d'>, None)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"dequantize() needs a torch.nn.Module, got {type(model).__name__}")
+    wrapper, model = model, unwrap(model)
+    if quantization_record(model) is None:
+        raise ValueError(
+            f"dequantize(): {type(model).__name__} was not quantized (it has no quantize() "
+            "record); pass the model that qsr_plugin.quantize() returned"
+        )
+    swaps = ModuleSwaps(model)
+    for path in existing_quantized_layers(model):
+        swaps.replace(path, model.get_submodule(path).to_float())
+    if bodies:
+        for path, container in depth_switchable_bodies(model):
+            swaps.replace(path, _original_body(container))
+    del model.__dict__[RECORD_ATTRIBUTE]
+    return wrapper
