@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 import timm
 import torch
 from torch import nn
@@ -153,6 +154,14 @@ ARCHS = [
 ]
 
 ARCHS_WITH_BODY = [a for a in ARCHS if a.body is not None]
+
+
+def arch_params(archs: list[Arch], slow: set[str] = frozenset()) -> list:
+    """``archs`` as ``pytest.param`` cases named after them; those named in ``slow`` are
+    marked ``slow`` (over 5 s here)."""
+    return [
+        pytest.param(a, id=a.name, marks=pytest.mark.slow if a.name in slow else ()) for a in archs
+    ]
 
 
 def arch_by_name(name: str) -> Arch:

@@ -119,7 +119,13 @@ def test_adapters_need_layer_names(prepare):
         prepare(_msrresnet(), [], 4, torch.rand(1, 3, 16, 16))
 
 
-@pytest.mark.parametrize("build", [_msrresnet, TINY_SWINIR.build], ids=["MSRResNet", "SwinIR"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(_msrresnet, id="MSRResNet"),
+        pytest.param(TINY_SWINIR.build, id="SwinIR", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("bits", [4, 2])
 def test_brevitas_quantizes_exactly_the_body_layers_at_the_bits(build, bits, real_batch):
     model = build()
@@ -225,6 +231,7 @@ def test_kernels_of_routes_the_quantizers_through_other_kernels_for_a_while():
 # -- the benchmarks at toy sizes ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     frozen_from = []
     freeze = qsr_plugin.freeze
@@ -260,6 +267,7 @@ def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     assert "### MSRResNet 8x2 x2" in speed.markdown(result)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels):
     result = speed.benchmark_backbone(TINY_SWINIR, bits=2, rounds=1, warmup=0, memory=False)
     assert result["unavailable"][speed.TORCH_AO].startswith("TraceError")
@@ -267,6 +275,7 @@ def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels):
     assert "TraceError" in speed.markdown(result)
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path, monkeypatch):
     sampler_states = []
     train_qat = accuracy.sr_training.train_qat

@@ -18,6 +18,7 @@ RECIPE = Path(__file__).parent / "fixtures" / "recipes" / "quantsr_t_x4_w2_small
 REPOSITORY_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("quantsr_*.yml"))
 
 
+@pytest.mark.slow
 def test_report_prints_the_table_with_every_variant_and_the_file_size(capsys, tmp_path):
     assert main(["report", "-opt", str(RECIPE), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
@@ -30,6 +31,7 @@ def test_report_prints_the_table_with_every_variant_and_the_file_size(capsys, tm
     assert written["input_size"] == [3, 256, 256]
 
 
+@pytest.mark.slow
 def test_report_loads_saved_weights_and_takes_an_input_size(capsys, tmp_path):
     model = as_trained(build_network(read_recipe(RECIPE)))
     weights = qsr_plugin.save(model, tmp_path / "trained.safetensors")

@@ -16,6 +16,7 @@ def timm_model(name, **settings):
     return timm.create_model(name, pretrained=False, num_classes=10, **settings)
 
 
+@pytest.mark.slow
 def test_report_counts_deit_tiny_at_the_224_pixels_it_accepts():
     model = qsr_plugin.quantize(timm_model("deit_tiny_patch16_224"), bits=4)
     result = qsr_plugin.report(model, saved_file=False)

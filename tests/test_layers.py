@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsr_plugin import QuantConv2d, QuantLinear, QuantSpec
-from qsr_plugin.layers import conv_settings
+from qsr_plugin.layers import conv_settings, layer_types
 from qsr_plugin.quantizers._rounding import learned_step_fake_quantize
 
 CONV_GEOMETRIES = [
@@ -182,3 +182,19 @@ def test_quantized_layers_move_with_to():
     quantized = QuantConv2d.from_float(nn.Conv2d(3, 3, 3)).double()
     assert quantized.act_quant.step.dtype == torch.float64
     assert quantized.weight_quant.step.dtype == torch.float64
+
+
+def test_one_table_names_the_float_quantized_and_frozen_type_of_each_layer():
+    from qsr_plugin.export.frozen_layers import FrozenQuantConv2d, FrozenQuantLinear
+
+    conv, linear = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+    for layer, quantized, frozen in [
+        (conv, QuantConv2d, FrozenQuantConv2d),
+        (linear, QuantLinear, FrozenQuantLinear),
+    ]:
+        types = layer_types(layer)
+        assert (types.float, types.quantized, types.frozen) == (type(layer), quantized, frozen)
+        assert layer_types(quantized.from_float(layer)) == types
+    assert layer_types(timm.layers.Conv2dSame(3, 4, 3)).quantized is QuantConv2d
+    with pytest.raises(TypeError, match="BatchNorm2d is not a Conv2d or Linear layer"):
+        layer_types(nn.BatchNorm2d(4))

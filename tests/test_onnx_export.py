@@ -180,6 +180,7 @@ def exact_export(model, depth, tmp_path, **options):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.slow
 def test_msrresnet_runs_every_quantized_conv_on_integer_kernels_exactly(tmp_path, bits):
     frozen, model, difference = exact_export(as_trained(small_msrresnet(bits)), 4, tmp_path)
     assert difference <= EXACT

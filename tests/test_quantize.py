@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from archs import ARCHS, ARCHS_WITH_BODY, arch_by_name
+from archs import ARCHS, ARCHS_WITH_BODY, arch_by_name, arch_params
 
 import qsr_plugin
 from qsr_plugin import QuantConv2d, QuantLinear
@@ -24,7 +24,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / F.mse_loss(a, b).item())
 
 
-@pytest.mark.parametrize("arch", ARCHS_WITH_BODY, ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "arch", arch_params(ARCHS_WITH_BODY, slow={"SwinIR_S", "timm-vit_tiny", "timm-swin_tiny"})
+)
 def test_quantize_trains_calibrates_and_switches_depth(arch, real_batch):
     model = arch.build()
     x = real_batch((2 if arch.is_sr else 1, *arch.input_shape[1:]))
@@ -62,7 +64,7 @@ def test_quantize_trains_calibrates_and_switches_depth(arch, real_batch):
     assert (outputs[depths[0]] - outputs[depths[1]]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+@pytest.mark.parametrize("arch", arch_params(ARCHS, slow={"timm-swin_tiny"}))
 def test_8_bit_calibrated_model_stays_close_to_float(arch, real_batch):
     """Tolerance: SR outputs within 30 dB PSNR of the float outputs; classifiers keep
     their top-1 class with logits at cosine similarity >= 0.99."""
@@ -151,6 +153,7 @@ def test_parameter_count_does_not_grow_with_the_number_of_variants():
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 def test_swinir_keeps_working_after_tracing_and_its_mean_stays_a_tensor(real_batch):
     arch = arch_by_name("SwinIR_S")
     model = arch.build()
@@ -235,6 +238,7 @@ def test_include_and_exclude_patterns_refine_the_scope():
     assert type(model.body[0].conv2) is torch.nn.Conv2d
 
 
+@pytest.mark.slow
 def test_timm_vit_linear_layers_and_explicit_body():
     model = qsr_plugin.quantize(
         arch_by_name("timm-vit_tiny").build(), bits=4, body="blocks", depth_variants=[12, 6, 3]

@@ -97,6 +97,7 @@ def test_msrresnet_counts_match_the_architecture(bits):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.slow
 def test_swinir_s_counts_match_the_architecture(bits):
     model = arch("SwinIR", **SWINIR_S)
     qsr_plugin.quantize(

@@ -223,6 +223,7 @@ def rewrite_metadata(path, **changes):
     safetensors.torch.save_file(tensors, path, metadata)
 
 
+@pytest.mark.slow
 def test_a_file_from_another_plugin_version_names_the_version(tmp_path, monkeypatch):
     model = as_trained(small_swinir(4))
     monkeypatch.setattr(safetensors_io, "__version__", "0.0.1")

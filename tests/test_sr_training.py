@@ -88,6 +88,7 @@ def test_float_training_lowers_the_l1_loss_on_real_photos():
     assert history[0].lr == pytest.approx(2e-3) and history[-1].lr < 2e-5  # cosine decay
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_for_a_seed_and_differs_for_another():
     def trained(sampler_seed):
         model = small_edsr()

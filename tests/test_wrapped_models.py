@@ -44,7 +44,10 @@ WRAPPERS = {
 }
 
 
-@pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.parametrize(
+    "wrapper",
+    [pytest.param(name, marks=pytest.mark.slow if name != "compile" else ()) for name in WRAPPERS],
+)
 def test_every_verb_reads_the_record_through_the_wrapper(wrapper, tmp_path, request):
     if "DDP" in wrapper:
         request.getfixturevalue("process_group")

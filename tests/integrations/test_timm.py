@@ -44,6 +44,7 @@ def test_image_batches_follow_the_model_preprocessing():
     assert batches[0].mean().abs() < 1.5  # normalised with ImageNet mean/std
 
 
+@pytest.mark.slow
 def test_distillation_brings_the_2_bit_student_closer_to_its_float_teacher():
     import timm
 
