@@ -202,6 +202,7 @@ def photo_folder(tmp_path, count, side=96):
 MICRO = ["--features", "4", "--blocks", "2", "--steps", "2", "2", "--patch", "8", "--batch", "2"]
 
 
+@pytest.mark.slow
 def test_demo_is_reproducible_for_a_seed(tmp_path):
     data = photo_folder(tmp_path, 3)
     threads = torch.get_num_threads()

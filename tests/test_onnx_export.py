@@ -235,6 +235,7 @@ def test_requantize_runs_the_residual_convs_as_qlinear_conv_too(tmp_path):
     assert exact <= 1e-4 and difference < FAR
 
 
+@pytest.mark.slow
 def test_integer_export_refuses_layers_without_integer_operands(tmp_path):
     x = lr_patches(count=1)
     frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4, act_bits=32)), depth=4)
@@ -283,7 +284,7 @@ def test_full_size_msrresnet_integer_graph_matches_freeze_above_60_db(tmp_path, 
     assert 10 * np.log10(1 / mse) > 60 and np.abs(got - expected).max() < 0.05
 
 
-@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+@pytest.mark.parametrize("missing", ["onnx", pytest.param("onnxscript", marks=pytest.mark.slow)])
 def test_a_missing_onnx_dependency_names_the_extra_to_install(tmp_path, monkeypatch, missing):
     frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=4)
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail

@@ -13,7 +13,12 @@ import qsr_plugin
 from qsr_plugin import QuantConv2d, QuantLinear
 from qsr_plugin.rewrite.depth import DepthSwitchableModuleList, DepthSwitchableSequential
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+# quantize() is under test, not the kernels (tests/test_rounding.py, tests/test_kernels.py):
+# eager kernels spare each case the torch.compile time.
+pytestmark = [
+    pytest.mark.usefixtures("eager_kernels"),
+    pytest.mark.filterwarnings("ignore:torch.meshgrid"),
+]
 
 
 def variants_for(depth: int) -> list[int]:

@@ -104,6 +104,7 @@ def test_training_is_reproducible_for_a_seed_and_differs_for_another():
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_qat_trains_every_depth_jointly_and_lowers_each_loss():
     model = small_edsr()
     train_float(model, sampler(), steps=20, lr=2e-3, batch_size=4)
