@@ -20,6 +20,7 @@ same settings (``previous``) computes only the rows that are missing.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
@@ -37,7 +38,7 @@ from .body_layers import body_layer_names
 from .brevitas_qat import prepare_brevitas
 from .float_cache import DEFAULT_CACHE_DIR, cached_float_model
 from .models import Backbone, small_msrresnet
-from .report import markdown_table
+from .report import Result, machine, markdown_table, save
 from .torch_ao_qat import prepare_torch_ao
 
 
@@ -368,4 +369,38 @@ def markdown(result: dict) -> str:
         + markdown_table(["method", "W/A bits", "depth", "blocks run", f"{sets[0]} PSNR"], plans)
         + f"\n### QuantSR ablations at one depth ({float_depth} blocks)\n\n"
         + markdown_table(headers, references[1:] + ablation)
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The accuracy benchmark's own options."""
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                        help="where the trained float model is kept between runs")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of the saved results when their settings are these",
+    )
+
+
+def run(args: argparse.Namespace) -> Result:
+    """The accuracy benchmark in ``args.mode``; the result files are also rewritten after
+    every method, so an interrupted run leaves the rows it finished."""
+    settings = QUICK if args.mode == "quick" else FULL
+    name = f"accuracy_{args.mode}"
+    start = time.perf_counter()
+    header = machine()
+    earlier = Path(args.results_dir) / f"{name}.json"
+    previous = json.loads(earlier.read_text()) if args.resume and earlier.is_file() else None
+
+    def finished(result: dict) -> Result:
+        result.update(mode=args.mode, machine=header, seconds=time.perf_counter() - start)
+        return Result(name, result, markdown(result))
+
+    def checkpoint(result: dict) -> None:
+        partial = finished(result)
+        save(partial.name, partial.data, partial.markdown, args.results_dir)
+
+    return finished(
+        benchmark(settings, cache_dir=args.cache_dir, checkpoint=checkpoint, previous=previous)
     )

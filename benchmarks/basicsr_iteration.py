@@ -1,6 +1,6 @@
 """Seconds per QuantSRModel training iteration of a recipe at its real patch size and batch.
 
-Run: python -m benchmarks.basicsr_iteration recipes/quantsr_c_x4.yml [--iterations 4]
+Run: python -m benchmarks.run --only basicsr_iteration recipes/quantsr_c_x4.yml [--iterations 4]
 Saves benchmarks/results/basicsr_iteration_<recipe>.json and .md.
 
 Builds the recipe's QuantSRModel on the CPU (no pretrained checkpoint, no dataset folders
@@ -22,7 +22,7 @@ from qsr_plugin.integrations.basicsr.options import read_option_file
 from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import PatchSampler, builtin_images
 
-from .report import describe, machine, markdown_table, save
+from .report import Result, describe, machine, markdown_table
 
 
 def model_for(recipe: str) -> tuple[QuantSRModel, dict]:
@@ -33,12 +33,14 @@ def model_for(recipe: str) -> tuple[QuantSRModel, dict]:
     return QuantSRModel(options), options
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options."""
+    parser.add_argument("recipe", help="a QuantSRModel option file, e.g. recipes/quantsr_c_x4.yml")
     parser.add_argument("--iterations", type=int, default=4, help="including the first")
-    args = parser.parse_args()
 
+
+def run(args: argparse.Namespace) -> Result:
+    """Times ``args.iterations`` training iterations of the recipe's model."""
     model, options = model_for(args.recipe)
     train = options["datasets"]["train"]
     scale, batch = options["scale"], train["batch_size_per_gpu"]
@@ -68,9 +70,4 @@ def main() -> None:
     )  # fmt: skip
     kernels = "compiled" if result["compiled_kernels"] else "eager"
     markdown = f"QuantSRModel.optimize_parameters, {kernels} kernels; {describe(header)}\n\n{table}"
-    save(f"basicsr_iteration_{Path(args.recipe).stem}", result, markdown)
-    print(markdown)
-
-
-if __name__ == "__main__":
-    main()
+    return Result(f"basicsr_iteration_{Path(args.recipe).stem}", result, markdown)

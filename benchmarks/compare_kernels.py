@@ -1,6 +1,6 @@
 """Training step with the fake-quantize kernels of this tree against those of a git revision.
 
-Run: python -m benchmarks.compare_kernels --baseline <git ref> [--backbone msrresnet]
+Run: python -m benchmarks.run --only compare_kernels --baseline <git ref> [--backbone msrresnet]
 Loads ``qsr_plugin/quantizers/_rounding.py`` and ``_kernels.py`` as they are at the
 revision, then times, in interleaved rounds, one training step of the float model, of the
 QuantSR model with the revision's kernels and of the same model with this tree's kernels.
@@ -27,7 +27,7 @@ from qsr_plugin.quantizers import learned_step
 
 from ._timing import interleaved_samples, ratio_summary
 from .models import SPEED_BACKBONES, training_step
-from .report import describe, machine, markdown_table, save
+from .report import Result, describe, machine, markdown_table
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 KERNEL_FILES = ("_rounding.py", "_kernels.py")
@@ -86,21 +86,16 @@ def with_kernels(rounding_module, step):
     return run
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options (``--threads`` and ``--cpu-time`` are :mod:`.run`'s)."""
     parser.add_argument("--baseline", required=True, help="git revision with the old kernels")
     parser.add_argument("--backbone", choices=sorted(SPEED_BACKBONES), default="msrresnet")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="time CPU seconds of this process instead of wall time (use with --threads 1)",
-    )
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Times the float, the baseline-kernel and this tree's-kernel training steps."""
     clock = time.process_time if args.cpu_time else time.perf_counter
 
     baseline = load_kernels_at(args.baseline)
@@ -144,11 +139,4 @@ def main(argv: list[str] | None = None) -> dict:
     )
     name = f"kernels_{args.backbone}_vs_" + re.sub(r"\W", "_", args.baseline)
     intro = f"{result['what']}; kernels of {args.baseline!r} vs this tree; {result['clock']}"
-    save(name, result, f"{intro}; {describe(result['machine'])}\n\n{table}")
-    print(result["what"], "| baseline", args.baseline, "|", describe(result["machine"]))
-    print(table)
-    return result
-
-
-if __name__ == "__main__":
-    main()
+    return Result(name, result, f"{intro}; {describe(result['machine'])}\n\n{table}")

@@ -7,7 +7,7 @@ frozen PyTorch model is printed. Quantizers are calibrated on two other Set14 LR
 (untrained networks: sizes, counts and the ONNX agreement do not depend on training).
 Everything is also saved to benchmarks/results/deployment_figures.json and .md.
 
-Run: python -m benchmarks.deployment_figures [--size 64] [--bits 4 2]
+Run: python -m benchmarks.run --only deployment_figures [--size 64] [--bits 4 2]
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ import torch
 import qsr_plugin
 
 from .models import MSRRESNET, SWINIR_S, set14_lr_crops
-from .report import describe, machine, save
+from .report import Result, describe, machine
 
 BACKBONES = {"QuantSR-C": MSRRESNET, "QuantSR-T": SWINIR_S}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options."""
     parser.add_argument("--size", type=int, default=64, help="LR crop side (multiple of 8)")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 2])
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> Result:
+    """The figures of both backbones at every bit width; see the module docstring."""
     import onnxruntime
 
     crops = set14_lr_crops(args.size)
@@ -77,12 +80,7 @@ def main() -> None:
                 f"{100 * onnx['share_beyond_1e-4']:.2f}% of values beyond 1e-4, "
                 f"PSNR {psnr:.1f} dB\n"
             )
-            print(sections[-1])
+            print(f"{label}, {bits}-bit: done", flush=True)
     header = machine()
     markdown = f"Deployment figures; {describe(header)}\n\n" + "\n".join(sections)
-    path = save("deployment_figures", {"machine": header, "figures": figures}, markdown)
-    print(f"written: {path} and its .json")
-
-
-if __name__ == "__main__":
-    main()
+    return Result("deployment_figures", {"machine": header, "figures": figures}, markdown)

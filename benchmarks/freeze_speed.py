@@ -7,7 +7,7 @@ Quantized (eval mode, no grad) and frozen forwards alternate round by round; the
 median times and the speed-up. Outputs are checked to be equal first. The table and the
 figures are saved to benchmarks/results/freeze_speed_<compiled|eager>.md and .json.
 
-Run: python -m benchmarks.freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
+Run: python -m benchmarks.run --only freeze_speed [--size 64] [--rounds 10] [--compile 0|1]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import qsr_plugin
 
 from ._timing import interleaved_median_times
 from .models import MSRRESNET, SWINIR_S, set14_lr_crops
-from .report import describe, machine, markdown_table, save
+from .report import Result, describe, machine, markdown_table
 
 BACKBONES = {
     "QuantSR-C (MSRResNet, depth 16)": MSRRESNET,
@@ -28,13 +28,16 @@ BACKBONES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options."""
     parser.add_argument("--size", type=int, default=64, help="LR input side (multiple of 8)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--compile", type=int, choices=(0, 1), default=1)
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Times both backbones quantized and frozen; see the module docstring."""
     qsr_plugin.use_compiled_kernels(bool(args.compile))
 
     crops = set14_lr_crops(args.size)
@@ -78,11 +81,6 @@ def main() -> None:
     )
     settings = {"size": args.size, "bits": args.bits, "rounds": args.rounds}
     kernels = "compiled" if args.compile else "eager"
-    save(
+    return Result(
         f"freeze_speed_{kernels}", {"machine": header, "settings": settings, "rows": rows}, markdown
     )
-    print(markdown)
-
-
-if __name__ == "__main__":
-    main()

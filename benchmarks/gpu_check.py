@@ -1,6 +1,6 @@
 """A prepared check for one CUDA GPU: QuantSR-C and QuantSR-T training, inference, export.
 
-Run: python -m benchmarks.run --only gpu   (or python -m benchmarks.gpu_check)
+Run: python -m benchmarks.run --only gpu
 Saves benchmarks/results/gpu_check.json and .md. Without CUDA it exits with a message.
 
 For MSRResNet 64x16 (QuantSR-C, depth variants 32/16/8) and SwinIR_S (QuantSR-T, 4/2/1),
@@ -19,6 +19,7 @@ it has run: this script has not been run on a GPU yet).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import socket
@@ -38,7 +39,7 @@ from qsr_plugin._distributed import joint_training_ddp
 from qsr_plugin.mixed_precision import MixedPrecision
 
 from .models import MSRRESNET, SWINIR_S, Backbone
-from .report import RESULTS_DIR, markdown_table, save
+from .report import Result, markdown_table
 
 BITS = 4
 BATCHES = {MSRRESNET.name: 16, SWINIR_S.name: 8}  # the recipes' batch per GPU
@@ -203,8 +204,8 @@ def markdown(result: dict) -> str:
     return text + "\n"
 
 
-def run(results_dir: Path = RESULTS_DIR) -> Path:
-    """Run the check on ``cuda:0`` and save it; exits with a message without CUDA."""
+def run(args: argparse.Namespace) -> Result:
+    """Run the check on ``cuda:0``; exits with a message without CUDA (``args`` unused)."""
     if not torch.cuda.is_available():
         sys.exit("benchmarks.gpu_check needs a CUDA GPU; torch sees none on this machine")
     device = torch.device("cuda", 0)
@@ -218,8 +219,4 @@ def run(results_dir: Path = RESULTS_DIR) -> Path:
         "nccl": check_nccl() if torch.cuda.device_count() >= 2 else None,
     }
     result["seconds"] = time.perf_counter() - start
-    return save("gpu_check", result, markdown(result), results_dir)
-
-
-if __name__ == "__main__":
-    print(run().read_text())
+    return Result("gpu_check", result, markdown(result))

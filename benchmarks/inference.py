@@ -16,6 +16,7 @@ Run: python -m benchmarks.run --only inference [--quick]
 
 from __future__ import annotations
 
+import argparse
 import math
 import tempfile
 import time
@@ -28,7 +29,7 @@ import qsr_plugin
 
 from ._timing import interleaved_samples, ratio_summary
 from .models import MSRRESNET, SWINIR_S, set14_lr_crops
-from .report import describe, machine, save
+from .report import Result, describe, machine
 
 FULL = {"backbones": (MSRRESNET, SWINIR_S), "sizes": (64, 128), "threads": (1, 2), "rounds": 7}
 QUICK = {"backbones": (MSRRESNET,), "sizes": (64, 128), "threads": (1, 2), "rounds": 5}
@@ -199,8 +200,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(mode: str, results_dir: Path) -> Path:
-    """Run the benchmark in ``mode`` ("quick" or "full") and save its JSON and Markdown."""
+def run(args: argparse.Namespace) -> Result:
+    """Every backbone, size and thread count of ``args.mode`` ("quick" or "full")."""
+    mode = args.mode
     settings = QUICK if mode == "quick" else FULL
     start = time.perf_counter()
     header = machine()
@@ -221,4 +223,4 @@ def run(mode: str, results_dir: Path) -> Path:
         f"candidate's; median of {settings['rounds']} interleaved rounds, median time in "
         f"brackets), batch 1. Machine: {describe(header)}.\n\n"
     )
-    return save(f"inference_{mode}", result, intro + markdown(result), results_dir)
+    return Result(f"inference_{mode}", result, intro + markdown(result))

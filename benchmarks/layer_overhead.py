@@ -1,6 +1,6 @@
 """Cost of one quantized Conv2d forward+backward relative to the float Conv2d.
 
-Run: python -m benchmarks.layer_overhead [--rounds 20]
+Run: python -m benchmarks.run --only layer_overhead [--rounds 20]
 Writes benchmarks/results/layer_overhead.json and .md with the median times and their ratios.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 from qsr_plugin import QuantConv2d, QuantSpec
 
 from ._timing import interleaved_median_times
-from .report import describe, machine, markdown_table, save
+from .report import Result, describe, machine, markdown_table
 
 
 def fwd_bwd(layer: nn.Module, x: torch.Tensor):
@@ -25,14 +25,16 @@ def fwd_bwd(layer: nn.Module, x: torch.Tensor):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options."""
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=20)
-    args = parser.parse_args()
 
+
+def run(args: argparse.Namespace) -> Result:
+    """Times the float and the quantized layers of every method; see the module docstring."""
     torch.manual_seed(0)
     shape = (args.batch, args.channels, args.size, args.size)
     x = torch.randn(shape, requires_grad=True)
@@ -54,9 +56,4 @@ def main() -> None:
         [[r["layer"], f"{r['ms']:.2f}", f"{r['ratio_to_float']:.2f}"] for r in rows],
     )
     markdown = f"{what}, 4-bit weights and activations ({describe(header)})\n\n{table}"
-    save("layer_overhead", {"what": what, "machine": header, "rows": rows}, markdown)
-    print(markdown)
-
-
-if __name__ == "__main__":
-    main()
+    return Result("layer_overhead", {"what": what, "machine": header, "rows": rows}, markdown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,6 +13,21 @@ import torch
 from qsr_plugin._files import write_atomically
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a benchmark's ``run(args)`` returns; :mod:`benchmarks.run` saves and prints it.
+
+    Attributes:
+        name: file stem under the results folder (``speed_quick``, ``layer_overhead``, ...).
+        data: every figure, the settings and the :func:`machine` header (the ``.json``).
+        markdown: the tables (the ``.md``, also printed).
+    """
+
+    name: str
+    data: dict
+    markdown: str
 
 
 def machine() -> dict:

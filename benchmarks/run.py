@@ -1,120 +1,97 @@
-"""Run the benchmarks and write their results under benchmarks/results/.
+"""The one entry point of the benchmarks: run them and write their results.
 
-Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference|gpu]
-``--quick`` is the short configuration (under 15 minutes on a 2-core CPU); without it, the
-full configuration (hours on a 2-core CPU). ``--only inference`` (deployed ONNX speed,
-:mod:`benchmarks.inference`) and ``--only gpu`` (the CUDA check, :mod:`benchmarks.gpu_check`)
-run only when named. See benchmarks/README.md.
+Run: python -m benchmarks.run [--quick] [--only NAME] [NAME's options]
+Without ``--only``, the accuracy and speed benchmarks run; every other benchmark runs only
+when named (``--only NAME --help`` lists its options). ``--quick`` is the short
+configuration (under 15 minutes on a 2-core CPU) of the benchmarks that have one; without
+it, the full configuration (hours on a 2-core CPU). Each result is printed and saved as
+``<results-dir>/<name>.json`` (every figure, the settings, the machine) and ``<name>.md``
+(the tables). See benchmarks/README.md.
+
+A benchmark module offers:
+
+- ``run(args: argparse.Namespace) -> report.Result``: runs the benchmark and returns its
+  result, without saving or printing it (progress lines are fine). ``args`` holds this
+  module's options (``mode`` is ``"quick"`` or ``"full"``, ``threads``, ``cpu_time``,
+  ``results_dir``) and the benchmark's own;
+- ``add_arguments(parser: argparse.ArgumentParser) -> None`` (optional): its own options,
+  added only when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
 
-from . import accuracy, gpu_check, inference, speed
-from .float_cache import DEFAULT_CACHE_DIR
-from .models import MSRRESNET, SWINIR_S
-from .report import RESULTS_DIR, describe, machine, save
+from . import (
+    accuracy,
+    basicsr_iteration,
+    compare_kernels,
+    deployment_figures,
+    freeze_speed,
+    gpu_check,
+    inference,
+    layer_overhead,
+    speed,
+)
+from .report import RESULTS_DIR, save
 
-SPEED_MODES = {
-    "quick": {"backbones": (MSRRESNET,), "rounds": 3, "warmup": 1},
-    "full": {"backbones": (MSRRESNET, SWINIR_S), "rounds": 10, "warmup": 2},
+BENCHMARKS = {
+    "accuracy": accuracy,
+    "speed": speed,
+    "inference": inference,
+    "gpu": gpu_check,
+    "basicsr_iteration": basicsr_iteration,
+    "compare_kernels": compare_kernels,
+    "deployment_figures": deployment_figures,
+    "freeze_speed": freeze_speed,
+    "layer_overhead": layer_overhead,
 }
-ACCURACY_MODES = {"quick": accuracy.QUICK, "full": accuracy.FULL}
-SPEED_BITS = 4
+DEFAULT = ("accuracy", "speed")
 
 
-def run_speed(mode: str, results_dir: Path, cpu_time: bool) -> Path:
-    settings = SPEED_MODES[mode]
-    start = time.perf_counter()
-    header = machine()
-    clock = time.process_time if cpu_time else time.perf_counter
-    clock_name = "CPU time of the process" if cpu_time else "wall time"
-    backbones = [
-        speed.benchmark_backbone(
-            backbone, SPEED_BITS, settings["rounds"], settings["warmup"], clock
-        )
-        for backbone in settings["backbones"]
-    ]
-    result = {
-        "mode": mode,
-        "rounds": settings["rounds"],
-        "clock": clock_name,
-        "machine": header,
-        "seconds": time.perf_counter() - start,
-        "backbones": backbones,
-    }
-    intro = (
-        f"Speed, {mode} mode: {settings['rounds']} interleaved rounds timed in {clock_name}, "
-        f"medians of per-round ratios to float (quartiles in brackets). Machine: "
-        f"{describe(header)}.\n\n"
-    )
-    text = intro + "\n".join(speed.markdown(b) for b in backbones)
-    return save(f"speed_{mode}", result, text, results_dir)
-
-
-def run_accuracy(mode: str, results_dir: Path, cache_dir: Path, resume: bool = False) -> Path:
-    """The accuracy benchmark; the files are rewritten after every method, and ``resume``
-    keeps the rows of an earlier run with the same settings instead of recomputing them."""
-    settings = ACCURACY_MODES[mode]
-    start = time.perf_counter()
-    header = machine()
-    name = f"accuracy_{mode}"
-    earlier = results_dir / f"{name}.json"
-    previous = json.loads(earlier.read_text()) if resume and earlier.is_file() else None
-
-    def write(result: dict) -> Path:
-        result.update(mode=mode, machine=header, seconds=time.perf_counter() - start)
-        return save(name, result, accuracy.markdown(result), results_dir)
-
-    result = accuracy.benchmark(settings, cache_dir=cache_dir, checkpoint=write, previous=previous)
-    return write(result)
-
-
-def main(argv: list[str] | None = None) -> None:
+def _parser(names: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short configuration")
     parser.add_argument(
-        "--only", choices=("speed", "accuracy", "inference", "gpu"), help="run one benchmark"
+        "--only",
+        choices=tuple(BENCHMARKS),
+        help=f"run one benchmark (default: {', '.join(DEFAULT)})",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--cpu-time",
         action="store_true",
-        help="time the speed benchmark in CPU seconds of the process instead of wall time; "
-        "steadier on a busy machine, with --threads 1",
+        help="time in CPU seconds of the process instead of wall time (speed, "
+        "compare_kernels); steadier on a busy machine, with --threads 1",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="accuracy: keep the rows of the saved results (same settings)",
-    )
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                        help="where the trained float model is kept between runs")  # fmt: skip
-    args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "full"
+    for name in names:
+        add_arguments = getattr(BENCHMARKS[name], "add_arguments", None)
+        if add_arguments is not None:
+            add_arguments(parser.add_argument_group(f"{name} options"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Runs the benchmarks that ``argv`` names; returns the Markdown files written."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--only", choices=tuple(BENCHMARKS))
+    only = first.parse_known_args(argv)[0].only
+    names = DEFAULT if only is None else (only,)
+    args = _parser(names).parse_args(argv)
+    args.mode = "quick" if args.quick else "full"
     if args.threads:
         torch.set_num_threads(args.threads)
     written = []
-    if args.only == "gpu":
-        written.append(gpu_check.run(args.results_dir))
-        print(written[-1].read_text())
-    if args.only in (None, "accuracy"):
-        written.append(run_accuracy(mode, args.results_dir, args.cache_dir, args.resume))
-        print(written[-1].read_text())
-    if args.only in (None, "speed"):
-        written.append(run_speed(mode, args.results_dir, args.cpu_time))
-        print(written[-1].read_text())
-    if args.only == "inference":
-        written.append(inference.run(mode, args.results_dir))
-        print(written[-1].read_text())
+    for name in names:
+        result = BENCHMARKS[name].run(args)
+        written.append(save(result.name, result.data, result.markdown, args.results_dir))
+        print(result.markdown)
     print("wrote", ", ".join(str(path) for path in written))
+    return written
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ For each backbone, in one process and in interleaved rounds (see ``_timing``):
 - the peak memory of a training step (see ``memory``), relative to float.
 
 Ratios are medians (and quartiles) of per-round ratios to the float model on the same batch.
+
+Run: python -m benchmarks.run --only speed [--quick] [--threads 1 --cpu-time]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import time
 from collections.abc import Callable
@@ -29,8 +32,8 @@ from ._timing import interleaved_samples, ratio_summary
 from .body_layers import body_layer_names
 from .brevitas_qat import prepare_brevitas
 from .memory import peak_step_memory
-from .models import Backbone, training_step
-from .report import markdown_table
+from .models import MSRRESNET, SWINIR_S, Backbone, training_step
+from .report import Result, describe, machine, markdown_table
 from .torch_ao_qat import prepare_torch_ao
 
 FLOAT = "float"
@@ -38,6 +41,12 @@ QUANTSR = "QuantSR, one depth"
 TORCH_AO = "torch.ao prepare_qat_fx"
 BREVITAS = "brevitas"
 FROZEN = "QuantSR frozen (qsr_plugin.freeze)"
+
+MODES = {
+    "quick": {"backbones": (MSRRESNET,), "rounds": 3, "warmup": 1},
+    "full": {"backbones": (MSRRESNET, SWINIR_S), "rounds": 10, "warmup": 2},
+}
+BITS = 4
 
 
 @dataclass
@@ -220,3 +229,30 @@ def markdown(result: dict) -> str:
         + "\nPreparation wall time:\n\n"
         + markdown_table(["step", "s"], prepare_rows)
     )
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Every backbone of ``args.mode``, timed by wall time or, with ``args.cpu_time``, CPU time."""
+    settings = MODES[args.mode]
+    start = time.perf_counter()
+    header = machine()
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    clock_name = "CPU time of the process" if args.cpu_time else "wall time"
+    backbones = [
+        benchmark_backbone(backbone, BITS, settings["rounds"], settings["warmup"], clock)
+        for backbone in settings["backbones"]
+    ]
+    result = {
+        "mode": args.mode,
+        "rounds": settings["rounds"],
+        "clock": clock_name,
+        "machine": header,
+        "seconds": time.perf_counter() - start,
+        "backbones": backbones,
+    }
+    intro = (
+        f"Speed, {args.mode} mode: {settings['rounds']} interleaved rounds timed in "
+        f"{clock_name}, medians of per-round ratios to float (quartiles in brackets). "
+        f"Machine: {describe(header)}.\n\n"
+    )
+    return Result(f"speed_{args.mode}", result, intro + "\n".join(markdown(b) for b in backbones))

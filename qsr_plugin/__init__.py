@@ -8,10 +8,9 @@ Example:
 The main entry point is :func:`quantize`.
 """
 
-__version__ = "0.1.0"
-
 from ._basicsr_compat import install_legacy_alias
 from ._torch_logs import drop_no_cuda_runtime_warning
+from ._version import __version__
 from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
 from .export import export_onnx, freeze, load, save
@@ -19,7 +18,7 @@ from .layers import QuantConv2d, QuantLinear
 from .quantizers import Quantizer, list_methods, register_method
 from .quantizers._kernels import use_compiled_kernels
 from .report import report
-from .rewrite.quantize import quantization_record, quantize
+from .rewrite.quantize import dequantize, quantization_record, quantize
 from .rewrite.summary import summary
 from .rewrite.variants import (
     active_depth,
@@ -43,6 +42,7 @@ __all__ = [
     "active_depth",
     "calibrate",
     "depth_variants",
+    "dequantize",
     "export_onnx",
     "freeze",
     "iter_depths",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from ._validation import check_bits
+from ._validation import check_bits, check_keys
 from .quantizers.learned_step import check_phi_k
 from .quantizers.registry import get_method, list_methods
 from .rewrite.depth import POLICIES
@@ -22,7 +22,7 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls: type[ConfigT], values: dict[str, Any], where: str = "") -> ConfigT:
-        """Build from a dict; unknown keys are refused with the list of valid ones.
+        """Build from a dict; unknown keys are refused with the nearest and the valid ones.
 
         Args:
             values: the settings.
@@ -30,13 +30,7 @@ class DictConfig:
         """
         if not isinstance(values, dict):
             raise TypeError(f"{where or cls.__name__} must be a mapping, got {type(values)}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {', '.join(where + k for k in unknown)}; "
-                f"valid keys: {', '.join(names)}"
-            )
+        check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
         return cls(**values)
 
 

@@ -24,7 +24,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-COMPUTE_TYPES = (nn.Conv2d, nn.Linear)
+from .layers import COMPUTE_TYPES
+
 _aten = torch.ops.aten
 PRODUCT_OPS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
 # Fused scaled-dot-product attention kernels; their first three arguments are q, k and v.

@@ -7,6 +7,8 @@ stays in float. Either side can stay in float (32 bits), in which case its quant
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,10 +197,47 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
-FLOAT_TO_QUANTIZED: dict[type[nn.Module], type[_QuantizedLayer]] = {
-    nn.Conv2d: QuantConv2d,
-    nn.Linear: QuantLinear,
-}
+@dataclass(frozen=True)
+class LayerTypes:
+    """A float layer type, the quantized layer that replaces it, and the inference layer that
+    :func:`qsr_plugin.freeze` makes of that one.
+
+    Attributes:
+        float: the float layer type (its subclasses are quantized the same way).
+        quantized: the quantized layer (:class:`QuantConv2d`, :class:`QuantLinear`).
+        frozen_name: the frozen layer's class in :mod:`qsr_plugin.export.frozen_layers`
+            (named, not imported: the export package imports this module).
+    """
+
+    float: type[nn.Module]
+    quantized: type[_QuantizedLayer]
+    frozen_name: str
+
+    @property
+    def frozen(self) -> type[nn.Module]:
+        """The frozen layer type."""
+        from .export import frozen_layers
+
+        return getattr(frozen_layers, self.frozen_name)
+
+
+LAYER_TYPES = (
+    LayerTypes(nn.Conv2d, QuantConv2d, "FrozenQuantConv2d"),
+    LayerTypes(nn.Linear, QuantLinear, "FrozenQuantLinear"),
+)
+COMPUTE_TYPES = tuple(types.float for types in LAYER_TYPES)  # the layers quantize() replaces
+
+
+def layer_types(module: nn.Module) -> LayerTypes:
+    """The :data:`LAYER_TYPES` row of a Conv2d/Linear layer, float (or a subclass) or quantized.
+
+    Raises:
+        TypeError: ``module`` is neither a Conv2d nor a Linear.
+    """
+    for types in LAYER_TYPES:
+        if isinstance(module, types.float):
+            return types
+    raise TypeError(f"{type(module).__name__} is not a Conv2d or Linear layer")
 
 
 def is_quantized_layer(module: nn.Module) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,17 +29,16 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ._validation import FLOAT_BITS
 from .cost_count import ForwardCost, count_forward
 from .export.quantized_layers import quantized_layers, require_deployable, require_quantized
 from .export.safetensors_io import save, unique_state
 from .quantizers import quantizers_of
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.input_size import fixed_input_size
-from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
-from .rewrite.transaction import ModuleSwaps
+from .rewrite.quantize import dequantize, quantization_record
 from .rewrite.variants import use_depth, variant_depths
 
-FLOAT_BITS = 32
 DEFAULT_INPUT_SIZE = (3, 256, 256)
 
 
@@ -138,37 +136,34 @@ def _bits_text(weight_bits: int, act_bits: int) -> str:
     return f"{weight_bits}/{act_bits}"
 
 
-class _Twin:
-    """A float copy of a quantized model: quantized layers back to Conv2d/Linear.
+@dataclass(frozen=True)
+class _LayerBits:
+    """Each quantized layer's (weight, activation) bits and count of quantizer parameters."""
 
-    Remembers each quantized layer's bits and the number of its quantizer parameters.
-    """
+    bits: dict[str, tuple[int, int]]
+    quantizer_params: dict[str, int]
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = copy.deepcopy(model)
-        del self.model.__dict__[RECORD_ATTRIBUTE]
-        self.model.eval()
-        self.bits: dict[str, tuple[int, int]] = {}
-        self.quantizer_params: dict[str, int] = {}
-        swaps = ModuleSwaps(self.model)
-        for name, layer in quantized_layers(self.model):
+    @classmethod
+    def of(cls, model: nn.Module) -> _LayerBits:
+        bits, quantizer_params = {}, {}
+        for name, layer in quantized_layers(model):
             quantizers = [q for q in (layer.act_quant, layer.weight_quant) if q is not None]
-            self.bits[name] = (
+            bits[name] = (
                 FLOAT_BITS if layer.weight_quant is None else layer.spec.weight_bits,
                 FLOAT_BITS if layer.act_quant is None else layer.spec.act_bits,
             )
-            self.quantizer_params[name] = sum(p.numel() for q in quantizers for p in q.parameters())
-            swaps.replace(name, layer.to_float())
+            quantizer_params[name] = sum(p.numel() for q in quantizers for p in q.parameters())
+        return cls(bits, quantizer_params)
 
-    def weighted(self, cost: ForwardCost) -> tuple[float, float]:
-        """``(params, ops)`` of a counted pass with quantized layers at b/32.
+    def weighted(self, model: nn.Module, cost: ForwardCost) -> tuple[float, float]:
+        """``(params, ops)`` of a pass of ``model`` counted with quantized layers at b/32.
 
         The shortcut scales and gates of depth-switchable bodies count in full (a body the
         model iterates instead of calling does not show up among the modules that ran).
         """
         dqa = {
             f"{path}.{name}": parameter.numel()
-            for path, container in depth_switchable_bodies(self.model)
+            for path, container in depth_switchable_bodies(model)
             for name, parameter in container.named_parameters(recurse=False)
         }
         params = 0.0
@@ -186,16 +181,6 @@ class _Twin:
             bits = max(self.bits.get(call.name, (FLOAT_BITS, FLOAT_BITS)))
             ops += call.macs * bits / FLOAT_BITS
         return params, ops
-
-    def restore_float_bodies(self) -> None:
-        """Put each depth-switchable body back as its original blocks (the float model)."""
-        swaps = ModuleSwaps(self.model)
-        for path, container in depth_switchable_bodies(self.model):
-            blocks = container.original_blocks()
-            if isinstance(container, nn.Sequential):
-                swaps.replace(path, nn.Sequential(OrderedDict(blocks)))
-            else:
-                swaps.replace(path, nn.ModuleList(block for _, block in blocks))
 
 
 def b32_limit(model: nn.Module) -> int:
@@ -287,21 +272,22 @@ def report(
     record = quantization_record(model)
     spec = record.config.layer_spec()
     label = spec.method
-    twin = _Twin(model)
+    layer_bits = _LayerBits.of(model)
+    counted = dequantize(copy.deepcopy(model), bodies=False).eval()  # every depth, in float
     rows = []
-    for depth in variant_depths(twin.model):
+    for depth in variant_depths(counted):
         if depth is None:
-            cost = _count(twin.model, input_size, type(model).__name__)
+            cost = _count(counted, input_size, type(model).__name__)
             blocks = record.body.depth if record.body else None
         else:
-            with use_depth(twin.model, depth):
-                cost = _count(twin.model, input_size, type(model).__name__)
+            with use_depth(counted, depth):
+                cost = _count(counted, input_size, type(model).__name__)
             blocks = depth
-        params, ops = twin.weighted(cost)
+        params, ops = layer_bits.weighted(counted, cost)
         bits = _bits_text(spec.weight_bits, spec.act_bits)
         rows.append(EfficiencyRow(label, bits, blocks, params, ops, float(cost.product_macs)))
-    twin.restore_float_bodies()
-    float_cost = _count(twin.model, input_size, type(model).__name__)
+    float_model = dequantize(copy.deepcopy(model)).eval()
+    float_cost = _count(float_model, input_size, type(model).__name__)
     float_row = EfficiencyRow(
         "float",
         _bits_text(FLOAT_BITS, FLOAT_BITS),
@@ -313,5 +299,5 @@ def report(
     files = None
     if saved_file:
         with tempfile.TemporaryDirectory() as folder:
-            files = _file_sizes(model, twin.model, Path(folder))
+            files = _file_sizes(model, float_model, Path(folder))
     return EfficiencyReport(type(model).__name__, input_size, [float_row, *rows], files)

@@ -24,32 +24,44 @@ NamedImage = tuple[str, np.ndarray]
 Pair = tuple[str, np.ndarray, np.ndarray]
 
 
+DATA_DIR_VARIABLE = "QSR_DATA_DIR"
+SET_LAYOUT = "Set5/HR, Set14/HR, T91/HR (HR PNGs)"
+
+
 def default_data_dir() -> Path:
-    """Returns the folder holding the standard image sets.
+    """The folder holding the standard image sets: ``$QSR_DATA_DIR``.
 
-    ``$QSR_DATA_DIR`` when set, else ``shared/data`` beside the repository root
-    (``<repo root>/../shared/data``). The folder is not required to exist.
+    The folder is not required to exist; :func:`find_image_set` says when a set is missing.
+
+    Raises:
+        FileNotFoundError: ``QSR_DATA_DIR`` is not set.
     """
-    env = os.environ.get("QSR_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    env = os.environ.get(DATA_DIR_VARIABLE)
+    if not env:
+        raise FileNotFoundError(
+            f"no data folder: set {DATA_DIR_VARIABLE} to a folder with {SET_LAYOUT}, or pass "
+            "the folder explicitly (find_image_set(name, data_dir=...))"
+        )
+    return Path(env).expanduser()
 
 
-def find_image_set(name: str) -> Path:
+def find_image_set(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Returns the HR folder of a standard image set such as 'Set5', 'Set14' or 'T91'.
 
     Args:
-        name: the set's folder name under :func:`default_data_dir`.
+        name: the set's folder name under the data folder.
+        data_dir: the data folder; :func:`default_data_dir` (``$QSR_DATA_DIR``) when None.
 
     Raises:
-        FileNotFoundError: ``<data dir>/<name>/HR`` is not a folder.
+        FileNotFoundError: no data folder is given, or ``<data dir>/<name>/HR`` is not a
+            folder.
     """
-    folder = default_data_dir() / name / "HR"
+    root = default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+    folder = root / name / "HR"
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"image set {name!r} not found: {folder} is not a folder. Set QSR_DATA_DIR to a "
-            "folder with Set5/HR, Set14/HR, T91/HR (HR PNGs) or pass an explicit folder."
+            f"image set {name!r} not found: {folder} is not a folder. Set {DATA_DIR_VARIABLE} "
+            f"to a folder with {SET_LAYOUT} or pass an explicit folder."
         )
     return folder
 

@@ -10,24 +10,13 @@ import functools
 import math
 import struct
 
-import pytest
 import torch
 
 import qsr_plugin
 from qsr_plugin import sr_data
 from qsr_plugin._basicsr_compat import import_basicsr
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 
 SCALE = 4
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    """Eager fake-quantize kernels (no 20 s compile) for one test, then the previous choice."""
-    previous = compiled_kernels_enabled()
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(previous)
 
 
 def arch(name: str, **options):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 import timm
 import torch
 from torch import nn
 
-from benchmarks import models as benchmark_models
 from qsr_plugin._basicsr_compat import import_basicsr
 
 
@@ -45,8 +45,20 @@ def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     return build
 
 
-# SwinIR_S at the paper's size (embed_dim 60, 4 x 6 blocks), as the benchmarks build it.
-SWINIR_S = benchmark_models.SWINIR_S.settings
+# SwinIR_S at the paper's size (embed_dim 60, 4 x 6 blocks), as the recipes and the benchmarks
+# build it (tests/test_benchmarks.py checks that benchmarks.models agrees).
+SWINIR_S = dict(
+    upscale=4,
+    in_chans=3,
+    img_size=64,
+    window_size=8,
+    img_range=1.0,
+    depths=[6, 6, 6, 6],
+    embed_dim=60,
+    num_heads=[6, 6, 6, 6],
+    mlp_ratio=2,
+    upsampler="pixelshuffledirect",
+)
 
 ARCHS = [
     Arch(
@@ -142,6 +154,14 @@ ARCHS = [
 ]
 
 ARCHS_WITH_BODY = [a for a in ARCHS if a.body is not None]
+
+
+def arch_params(archs: list[Arch], slow: set[str] = frozenset()) -> list:
+    """``archs`` as ``pytest.param`` cases named after them; those named in ``slow`` are
+    marked ``slow`` (over 5 s here)."""
+    return [
+        pytest.param(a, id=a.name, marks=pytest.mark.slow if a.name in slow else ()) for a in archs
+    ]
 
 
 def arch_by_name(name: str) -> Arch:

@@ -1,13 +1,19 @@
-"""Shared fixtures: real images as model inputs."""
+"""Shared fixtures: real images as model inputs; the data folder of the tests."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from qsr_plugin import use_compiled_kernels
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.sr_data import builtin_images, to_tensor
+
+# Set5, Set14 and T91 beside the repository unless QSR_DATA_DIR says otherwise. Set here, at
+# import, so that subprocesses (CLI, DDP, BasicSR runs) see it too.
+os.environ.setdefault("QSR_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +39,7 @@ def real_batch(photo):
 
 @pytest.fixture
 def eager_kernels():
-    """Eager quantizer kernels: for tests about something other than the compiled kernels."""
-    previous = compiled_kernels_enabled()
-    use_compiled_kernels(False)
-    yield
-    use_compiled_kernels(previous)
+    """Eager quantizer kernels (no 20 s compile), then the previous choice: for tests about
+    something other than the compiled kernels (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with use_compiled_kernels(False):
+        yield

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs a fresh interpreter that imports torch
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LEGACY = "torchvision.transforms.functional_tensor"
 PRIVATE = "torchvision.transforms._functional_tensor"
@@ -118,6 +120,5 @@ print(json.dumps({"arch": MSRResNet.__name__}))
 """
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch
 def test_import_qsr_plugin_lets_user_code_import_basicsr_archs():
     assert run_script(USER_CODE_SCRIPT)["arch"] == "MSRResNet"

@@ -7,11 +7,13 @@ or the comparison in benchmarks/README.md would not compare like with like.
 import copy
 import json
 import time
+import types
+from pathlib import Path
 
 import brevitas.nn as brevitas_nn
 import pytest
 import torch
-from archs import arch_by_name
+from archs import SWINIR_S, arch_by_name
 from torch import nn
 
 import qsr_plugin
@@ -21,21 +23,11 @@ from benchmarks.body_layers import body_layer_names, signed_inputs
 from benchmarks.brevitas_qat import prepare_brevitas
 from benchmarks.float_cache import cached_float_model
 from benchmarks.memory import peak_step_memory
+from benchmarks.models import SWINIR_S as BENCHMARK_SWINIR_S
 from benchmarks.models import Backbone, small_msrresnet
 from benchmarks.report import save
 from benchmarks.torch_ao_qat import prepare_torch_ao
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled
 from qsr_plugin.quantizers._rounding import learned_step_fake_quantize
-
-
-@pytest.fixture
-def eager_kernels():
-    """Eager quantizer kernels (no compile time) for the toy runs; restored afterwards."""
-    previous = compiled_kernels_enabled()
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(previous)
-
 
 # A SwinIR with few layers: brevitas builds each quantized layer slowly.
 TINY_SWINIR = Backbone(
@@ -54,6 +46,10 @@ def _msrresnet():
 
 
 # -- which layers, which bits ---------------------------------------------------------
+
+
+def test_the_benchmarks_build_swinir_s_as_the_tests_do():
+    assert BENCHMARK_SWINIR_S.settings == SWINIR_S
 
 
 def test_body_layer_names_are_the_body_convs_of_msrresnet():
@@ -123,7 +119,13 @@ def test_adapters_need_layer_names(prepare):
         prepare(_msrresnet(), [], 4, torch.rand(1, 3, 16, 16))
 
 
-@pytest.mark.parametrize("build", [_msrresnet, TINY_SWINIR.build], ids=["MSRResNet", "SwinIR"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(_msrresnet, id="MSRResNet"),
+        pytest.param(TINY_SWINIR.build, id="SwinIR", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("bits", [4, 2])
 def test_brevitas_quantizes_exactly_the_body_layers_at_the_bits(build, bits, real_batch):
     model = build()
@@ -229,6 +231,7 @@ def test_kernels_of_routes_the_quantizers_through_other_kernels_for_a_while():
 # -- the benchmarks at toy sizes ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     frozen_from = []
     freeze = qsr_plugin.freeze
@@ -264,6 +267,7 @@ def test_speed_benchmark_on_a_toy_msrresnet(eager_kernels, monkeypatch):
     assert "### MSRResNet 8x2 x2" in speed.markdown(result)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels):
     result = speed.benchmark_backbone(TINY_SWINIR, bits=2, rounds=1, warmup=0, memory=False)
     assert result["unavailable"][speed.TORCH_AO].startswith("TraceError")
@@ -271,6 +275,7 @@ def test_speed_benchmark_reports_what_torch_ao_cannot_prepare(eager_kernels):
     assert "TraceError" in speed.markdown(result)
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_on_a_toy_model(eager_kernels, tmp_path, monkeypatch):
     sampler_states = []
     train_qat = accuracy.sr_training.train_qat
@@ -347,6 +352,28 @@ def test_float_model_is_trained_once_then_loaded(eager_kernels, tmp_path):
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first.conv_first.weight, backbone.build(0).conv_first.weight)
+
+
+def test_every_benchmark_module_is_an_entry_of_benchmarks_run():
+    folder = Path(run.__file__).parent
+    with_run = {p.stem for p in folder.glob("*.py") if "\ndef run(" in p.read_text()} - {"run"}
+    modules = [b for b in run.BENCHMARKS.values() if isinstance(b, types.ModuleType)]
+    assert {m.__name__.removeprefix("benchmarks.") for m in modules} == with_run
+    assert run.BENCHMARKS["accuracy"] is accuracy
+
+
+def test_run_only_saves_and_prints_one_benchmark_with_its_own_options(
+    eager_kernels, tmp_path, capsys
+):
+    options = ["--rounds", "1", "--size", "8", "--channels", "4", "--batch", "1"]
+    (written,) = run.main(["--only", "layer_overhead", "--results-dir", str(tmp_path), *options])
+    assert written == tmp_path / "layer_overhead.md"
+    data = json.loads((tmp_path / "layer_overhead.json").read_text())
+    assert [row["layer"] for row in data["rows"]] == ["float", "quantsr", "lsq", "pams", "dorefa"]
+    assert "input 1x4x8x8" in data["what"]
+    assert written.read_text() in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # another benchmark's option is refused
+        run.main(["--only", "speed", "--channels", "4", "--results-dir", str(tmp_path)])
 
 
 def test_gpu_check_without_cuda_exits_with_a_message(monkeypatch, tmp_path):

@@ -119,6 +119,7 @@ def _rank_main(rank, world, port, result_dir, how):
 
 
 @pytest.mark.parametrize("how", ["calibrate", "first_training_step"])
+@pytest.mark.slow
 def test_every_rank_starts_from_identical_quantizer_parameters(tmp_path, how):
     world = 2
     mp.spawn(_rank_main, args=(world, _free_port(), str(tmp_path), how), nprocs=world)

@@ -7,11 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _deploy_models import as_trained, eager_kernels, small_msrresnet  # noqa: F401
+from _deploy_models import as_trained
 
 import qsr_plugin
 from qsr_plugin.cli import main
 from qsr_plugin.cli._recipe import build_network, read_recipe
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 RECIPE = Path(__file__).parent / "fixtures" / "recipes" / "quantsr_c_x4_small.yml"
 

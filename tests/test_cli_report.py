@@ -6,16 +6,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _deploy_models import as_trained, eager_kernels  # noqa: F401  (autouse fixture)
+from _deploy_models import as_trained
 
 import qsr_plugin
 from qsr_plugin.cli import main
 from qsr_plugin.cli._recipe import build_network, read_recipe
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 RECIPE = Path(__file__).parent / "fixtures" / "recipes" / "quantsr_t_x4_w2_small.yml"
 REPOSITORY_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("quantsr_*.yml"))
 
 
+@pytest.mark.slow
 def test_report_prints_the_table_with_every_variant_and_the_file_size(capsys, tmp_path):
     assert main(["report", "-opt", str(RECIPE), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
@@ -28,6 +31,7 @@ def test_report_prints_the_table_with_every_variant_and_the_file_size(capsys, tm
     assert written["input_size"] == [3, 256, 256]
 
 
+@pytest.mark.slow
 def test_report_loads_saved_weights_and_takes_an_input_size(capsys, tmp_path):
     model = as_trained(build_network(read_recipe(RECIPE)))
     weights = qsr_plugin.save(model, tmp_path / "trained.safetensors")
@@ -61,7 +65,7 @@ def write_recipe(tmp_path, change):
     [
         (
             lambda o: o["quantsr"].update(bitz=4),
-            r"unknown key\(s\) quantsr\.bitz; valid keys: bits",
+            r"unknown key\(s\) quantsr\.bitz \(did you mean quantsr\.bits\?\); valid keys: bits",
         ),
         (lambda o: o.pop("quantsr"), r"needs a 'quantsr:' section"),
         (

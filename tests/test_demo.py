@@ -22,15 +22,10 @@ from qsr_plugin.demo.figures import GAP, LABEL_HEIGHT
 from qsr_plugin.demo.threads import available_cores, choose_threads
 from qsr_plugin.sr_data import bicubic_upscale, builtin_images, make_pairs
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 TINY = ["--features", "8", "--blocks", "2", "--steps", "3", "2", "--patch", "8", "--batch", "2"]
 TINY_LABELS = ["bicubic", "float", "w4 d4", "w4 d2", "w4 d1"]
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(True)
 
 
 def run_cli(*arguments):
@@ -43,9 +38,9 @@ def run_cli(*arguments):
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
-    qsr_plugin.use_compiled_kernels(False)
     out = tmp_path_factory.mktemp("demo")
-    status, stdout, stderr = run_cli("demo", *TINY, "--out", str(out))
+    with qsr_plugin.use_compiled_kernels(False):  # module scope: before the eager_kernels fixture
+        status, stdout, stderr = run_cli("demo", *TINY, "--out", str(out))
     return status, stdout, stderr, out
 
 
@@ -160,7 +155,7 @@ def test_exported_models_load_back_and_score_as_in_the_table(tiny_demo):
     assert scores["psnr"] == rows["float"]["psnr"]
 
     quantized = qsr_plugin.quantize(build_srresnet(settings), bits=4, depth_variants=[4, 2, 1])
-    qsr_plugin.load(out / rows["w4 d4"]["file"], quantized)
+    qsr_plugin.load(quantized, out / rows["w4 d4"]["file"])
     quantized.eval()
     for depth in qsr_plugin.iter_depths(quantized):
         scores = qsr_plugin.sr_data.evaluate_sr(quantized, pairs, 4)
@@ -207,6 +202,7 @@ def photo_folder(tmp_path, count, side=96):
 MICRO = ["--features", "4", "--blocks", "2", "--steps", "2", "2", "--patch", "8", "--batch", "2"]
 
 
+@pytest.mark.slow
 def test_demo_is_reproducible_for_a_seed(tmp_path):
     data = photo_folder(tmp_path, 3)
     threads = torch.get_num_threads()

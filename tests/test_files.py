@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from _deploy_models import as_trained, eager_kernels, small_msrresnet  # noqa: F401
+from _deploy_models import as_trained, small_msrresnet
 
 import qsr_plugin
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 FILES_MODULE = Path(__file__).resolve().parents[1] / "qsr_plugin" / "_files.py"
 

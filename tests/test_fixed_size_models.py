@@ -3,10 +3,12 @@
 import pytest
 import timm
 import torch
-from _deploy_models import arch, eager_kernels  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import arch
 
 import qsr_plugin
 from qsr_plugin.rewrite.quantize import default_example_input
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def timm_model(name, **settings):
@@ -14,6 +16,7 @@ def timm_model(name, **settings):
     return timm.create_model(name, pretrained=False, num_classes=10, **settings)
 
 
+@pytest.mark.slow
 def test_report_counts_deit_tiny_at_the_224_pixels_it_accepts():
     model = qsr_plugin.quantize(timm_model("deit_tiny_patch16_224"), bits=4)
     result = qsr_plugin.report(model, saved_file=False)

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
-    eager_kernels,
     lr_crops,
     lr_patches,
     small_msrresnet,
@@ -20,6 +19,8 @@ from qsr_plugin.export.frozen_body import ScaledResidualBlock, ScaledSkip
 from qsr_plugin.export.frozen_layers import FrozenActivationQuantizer
 from qsr_plugin.export.quantized_layers import ActivationGrid, activation_grid
 from qsr_plugin.quantizers import LearnedStepActivationQuantizer, quantizers_of
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 BUILDS = {
     "msrresnet-w4": lambda: small_msrresnet(4),

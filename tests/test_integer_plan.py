@@ -5,11 +5,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _deploy_models import eager_kernels, lr_patches  # noqa: F401  (autouse fixture)
+from _deploy_models import lr_patches
 from torch import nn
 
 import qsr_plugin
 from qsr_plugin.export._integer_plan import fused_convolutions
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 class Chains(nn.Module):
@@ -66,6 +68,7 @@ def test_the_fused_graph_computes_the_frozen_model(tmp_path):
     assert difference < 1e-5
 
 
+@pytest.mark.slow
 def test_no_fusion_where_the_int32_bias_would_move_codes(tmp_path):
     # A fresh Conv2d's random bias on 8 channels: rounding it to the int32 grid s_x * s_w / k
     # would move the value before relu_b's rounding by far more than 1e-3 of a step (about

@@ -8,16 +8,15 @@ import pytest
 import torch
 from torch._dynamo.exc import Unsupported
 
+import qsr_plugin
 from qsr_plugin.quantizers import _kernels
 from qsr_plugin.quantizers._kernels import Kernels, compiled_kernels_enabled
 
 
 @pytest.fixture
 def compiled_on():
-    previous = compiled_kernels_enabled()
-    _kernels.use_compiled_kernels(True)
-    yield
-    _kernels.use_compiled_kernels(previous)
+    with _kernels.use_compiled_kernels(True):
+        yield
 
 
 def eager_double(x):
@@ -66,3 +65,21 @@ def test_a_tracing_error_the_eager_kernels_share_propagates(monkeypatch, compile
     with pytest.raises(ValueError, match="needs a 1-D tensor"):
         kernels.forward(torch.ones(2, 2))
     assert compiled_kernels_enabled()
+
+
+def test_use_compiled_kernels_as_a_call_sets_the_choice_for_the_process(compiled_on):
+    qsr_plugin.use_compiled_kernels(False)
+    assert not compiled_kernels_enabled()
+    qsr_plugin.use_compiled_kernels(True)
+    assert compiled_kernels_enabled()
+
+
+@pytest.mark.parametrize("inner", [False, True])
+def test_use_compiled_kernels_as_a_context_manager_restores_the_previous_choice(inner):
+    with qsr_plugin.use_compiled_kernels(not inner):
+        with qsr_plugin.use_compiled_kernels(inner):
+            assert compiled_kernels_enabled() is inner
+        assert compiled_kernels_enabled() is (not inner)
+        with pytest.raises(RuntimeError), qsr_plugin.use_compiled_kernels(inner):
+            raise RuntimeError("the previous choice comes back on an error too")
+        assert compiled_kernels_enabled() is (not inner)

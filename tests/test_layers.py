@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsr_plugin import QuantConv2d, QuantLinear, QuantSpec
+from qsr_plugin.layers import conv_settings, layer_types
 from qsr_plugin.quantizers._rounding import learned_step_fake_quantize
 
 CONV_GEOMETRIES = [
@@ -49,10 +50,10 @@ def test_quant_conv_equals_float_conv_on_quantized_operands(geometry):
 
 
 def test_from_float_shares_parameters_and_keeps_state_dict_keys():
-    conv = nn.Conv2d(4, 4, 3, padding=1)
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="reflect")
     quantized = QuantConv2d.from_float(conv)
     assert quantized.weight is conv.weight and quantized.bias is conv.bias
-    assert isinstance(quantized, nn.Conv2d)
+    assert conv_settings(quantized) == conv_settings(conv)  # same geometry as the float layer
     float_keys = set(conv.state_dict())
     assert float_keys <= set(quantized.state_dict())
     missing = quantized.load_state_dict(conv.state_dict(), strict=False).missing_keys
@@ -181,3 +182,19 @@ def test_quantized_layers_move_with_to():
     quantized = QuantConv2d.from_float(nn.Conv2d(3, 3, 3)).double()
     assert quantized.act_quant.step.dtype == torch.float64
     assert quantized.weight_quant.step.dtype == torch.float64
+
+
+def test_one_table_names_the_float_quantized_and_frozen_type_of_each_layer():
+    from qsr_plugin.export.frozen_layers import FrozenQuantConv2d, FrozenQuantLinear
+
+    conv, linear = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+    for layer, quantized, frozen in [
+        (conv, QuantConv2d, FrozenQuantConv2d),
+        (linear, QuantLinear, FrozenQuantLinear),
+    ]:
+        types = layer_types(layer)
+        assert (types.float, types.quantized, types.frozen) == (type(layer), quantized, frozen)
+        assert layer_types(quantized.from_float(layer)) == types
+    assert layer_types(timm.layers.Conv2dSame(3, 4, 3)).quantized is QuantConv2d
+    with pytest.raises(TypeError, match="BatchNorm2d is not a Conv2d or Linear layer"):
+        layer_types(nn.BatchNorm2d(4))

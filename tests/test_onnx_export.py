@@ -9,10 +9,9 @@ import onnx  # the [onnx] extra; [test] and [dev] install it
 import onnxruntime as ort
 import pytest
 import torch
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
-    eager_kernels,
     lr_crops,
     lr_patches,
     small_msrresnet,
@@ -22,6 +21,8 @@ from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
 import qsr_plugin
 from qsr_plugin.export import onnx_export
 from qsr_plugin.export.frozen_layers import is_frozen_layer
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 # The stated tolerance (see qsr_plugin/export/onnx_export.py): onnxruntime's LayerNorm,
 # softmax and GELU differ from PyTorch's by about 1e-7, which now and then moves an
@@ -179,6 +180,7 @@ def exact_export(model, depth, tmp_path, **options):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.slow
 def test_msrresnet_runs_every_quantized_conv_on_integer_kernels_exactly(tmp_path, bits):
     frozen, model, difference = exact_export(as_trained(small_msrresnet(bits)), 4, tmp_path)
     assert difference <= EXACT
@@ -233,6 +235,7 @@ def test_requantize_runs_the_residual_convs_as_qlinear_conv_too(tmp_path):
     assert exact <= 1e-4 and difference < FAR
 
 
+@pytest.mark.slow
 def test_integer_export_refuses_layers_without_integer_operands(tmp_path):
     x = lr_patches(count=1)
     frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4, act_bits=32)), depth=4)
@@ -281,7 +284,7 @@ def test_full_size_msrresnet_integer_graph_matches_freeze_above_60_db(tmp_path, 
     assert 10 * np.log10(1 / mse) > 60 and np.abs(got - expected).max() < 0.05
 
 
-@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+@pytest.mark.parametrize("missing", ["onnx", pytest.param("onnxscript", marks=pytest.mark.slow)])
 def test_a_missing_onnx_dependency_names_the_extra_to_install(tmp_path, monkeypatch, missing):
     frozen = qsr_plugin.freeze(as_trained(small_msrresnet(4)), depth=4)
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail

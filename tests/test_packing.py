@@ -62,7 +62,7 @@ def test_signed_codes_are_stored_as_twos_complement():
 
 @pytest.mark.parametrize("bits", [1, 9, 4.0, True])
 def test_bad_widths_are_refused(bits):
-    with pytest.raises(ValueError, match=r"bits must be an int in 2\.\.8"):
+    with pytest.raises(ValueError, match=r"bits must be (an int )?in 2\.\.8, got"):
         pack(torch.tensor([0]), bits)
 
 

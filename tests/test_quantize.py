@@ -2,17 +2,23 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from archs import ARCHS, ARCHS_WITH_BODY, arch_by_name
+from archs import ARCHS, ARCHS_WITH_BODY, arch_by_name, arch_params
 
 import qsr_plugin
 from qsr_plugin import QuantConv2d, QuantLinear
 from qsr_plugin.rewrite.depth import DepthSwitchableModuleList, DepthSwitchableSequential
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+# quantize() is under test, not the kernels (tests/test_rounding.py, tests/test_kernels.py):
+# eager kernels spare each case the torch.compile time.
+pytestmark = [
+    pytest.mark.usefixtures("eager_kernels"),
+    pytest.mark.filterwarnings("ignore:torch.meshgrid"),
+]
 
 
 def variants_for(depth: int) -> list[int]:
@@ -23,20 +29,23 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / F.mse_loss(a, b).item())
 
 
-@pytest.mark.parametrize("arch", ARCHS_WITH_BODY, ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "arch", arch_params(ARCHS_WITH_BODY, slow={"SwinIR_S", "timm-vit_tiny", "timm-swin_tiny"})
+)
 def test_quantize_trains_calibrates_and_switches_depth(arch, real_batch):
     model = arch.build()
     x = real_batch((2 if arch.is_sr else 1, *arch.input_shape[1:]))
     with torch.no_grad():
         float_out = model.eval()(x)
     depths = variants_for(arch.body_depth)
-    qsr_plugin.quantize(model, bits=4, depth_variants=depths, example_input=x[:1])
+    returned = qsr_plugin.quantize(model, bits=4, depth_variants=depths, example_input=x[:1])
+    assert returned is model, "quantize() works in place and returns the model"
+    assert type(model) is type(arch.build()), "the model keeps its class"
 
     record = qsr_plugin.quantization_record(model)
     assert record.body.path == arch.body and record.body.depth == arch.body_depth
     assert qsr_plugin.depth_variants(model) == depths
     assert record.quantized and all(name.startswith(arch.body + ".") for name in record.quantized)
-    assert type(model).__name__ == arch.build().__class__.__name__
 
     qsr_plugin.calibrate(model, x)
     model.train()
@@ -60,7 +69,7 @@ def test_quantize_trains_calibrates_and_switches_depth(arch, real_batch):
     assert (outputs[depths[0]] - outputs[depths[1]]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+@pytest.mark.parametrize("arch", arch_params(ARCHS, slow={"timm-swin_tiny"}))
 def test_8_bit_calibrated_model_stays_close_to_float(arch, real_batch):
     """Tolerance: SR outputs within 30 dB PSNR of the float outputs; classifiers keep
     their top-1 class with logits at cosine similarity >= 0.99."""
@@ -162,6 +171,7 @@ def test_only_one_residual_scale_per_block_is_added_per_variant():
     assert counts[1] - counts[0] == 3 * 4  # three more variants x four blocks; weights shared
 
 
+@pytest.mark.slow
 def test_swinir_keeps_working_after_tracing_and_its_mean_stays_a_tensor(real_batch):
     arch = arch_by_name("SwinIR_S")
     model = arch.build()
@@ -246,6 +256,7 @@ def test_include_and_exclude_patterns_refine_the_scope():
     assert type(model.body[0].conv2) is torch.nn.Conv2d
 
 
+@pytest.mark.slow
 def test_timm_vit_linear_layers_and_explicit_body():
     model = qsr_plugin.quantize(
         arch_by_name("timm-vit_tiny").build(), bits=4, body="blocks", depth_variants=[12, 6, 3]
@@ -384,7 +395,9 @@ def test_a_modulelist_the_forward_indexes_is_refused_and_rolled_back():
 
 
 def test_unknown_setting_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) bitz; valid keys: bits"):
+    with pytest.raises(
+        ValueError, match=r"unknown key\(s\) bitz \(did you mean bits\?\); valid keys: bits"
+    ):
         qsr_plugin.quantize(arch_by_name("EDSR").build(), bitz=4)
 
 
@@ -392,5 +405,58 @@ def test_config_object_and_settings_are_exclusive():
     config = qsr_plugin.QuantizeConfig(bits=2)
     model = qsr_plugin.quantize(copy.deepcopy(arch_by_name("EDSR").build()), config=config)
     assert qsr_plugin.quantization_record(model).config == config
-    with pytest.raises(ValueError, match="either config="):
+    with pytest.raises(ValueError, match=r"also scope='all'; pass either config="):
         qsr_plugin.quantize(arch_by_name("EDSR").build(), config=config, scope="all")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"bits": 4}, {"bits": 2}, {"depth_variants": [4, 2]}, {"bits": 4, "method": "lsq"}],
+    ids=["default-bits", "bits", "depth_variants", "bits-and-method"],
+)
+def test_settings_beside_a_config_are_refused_even_when_equal_to_the_default(given):
+    model = arch_by_name("EDSR").build()
+    snapshot = _snapshot(model)
+    changes = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    with pytest.raises(ValueError, match=re.escape(f"dataclasses.replace(config, {changes})")):
+        qsr_plugin.quantize(model, config=qsr_plugin.QuantizeConfig(bits=2), **given)
+    _assert_unchanged(model, snapshot)
+
+
+# -- dequantize ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["MSRResNet", "SwinIR-classical"])
+def test_dequantize_gives_back_the_float_model_with_the_trained_weights(name, real_batch):
+    arch = arch_by_name(name)
+    float_model = arch.build().eval()
+    x = real_batch(arch.input_shape)
+    model = qsr_plugin.quantize(
+        copy.deepcopy(float_model), bits=4, depth_variants=[2 * arch.body_depth, 2]
+    )
+    first = next(m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear)))
+    weight = first.weight
+    assert qsr_plugin.dequantize(model) is model
+    assert [(n, type(m)) for n, m in model.named_modules()] == [
+        (n, type(m)) for n, m in float_model.named_modules()
+    ]
+    assert qsr_plugin.quantization_record(model) is None
+    state, expected = model.state_dict(), float_model.state_dict()
+    assert list(state) == list(expected)
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    assert any(p is weight for p in model.parameters()), "the trained weights are shared"
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), float_model(x))
+
+
+def test_dequantize_can_keep_the_depth_variants():
+    model = qsr_plugin.quantize(arch_by_name("EDSR").build(), bits=2, depth_variants=[4, 2])
+    qsr_plugin.dequantize(model, bodies=False)
+    assert qsr_plugin.depth_variants(model) == [4, 2]
+    assert not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    assert isinstance(model.body, DepthSwitchableSequential)
+
+
+def test_dequantize_refuses_a_model_that_was_not_quantized():
+    with pytest.raises(ValueError, match=r"dequantize\(\): EDSR was not quantized"):
+        qsr_plugin.dequantize(arch_by_name("EDSR").build())
+    with pytest.raises(TypeError, match="needs a torch.nn.Module, got str"):
+        qsr_plugin.dequantize("model.safetensors")

@@ -1,11 +1,10 @@
 """report() and the cost counter, checked against counts written out from the architectures."""
 
 import pytest
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
     data_section_size,
-    eager_kernels,
     expected_msrresnet_data_bytes,
     lr_patches,
     small_msrresnet,
@@ -16,6 +15,8 @@ from torch.nn import functional as F
 
 import qsr_plugin
 from qsr_plugin.cost_count import count_forward
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 H = W = 256  # the paper's 3x256x256 input
 P = H * W  # LR pixels, i.e. SwinIR tokens
@@ -96,6 +97,7 @@ def test_msrresnet_counts_match_the_architecture(bits):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.slow
 def test_swinir_s_counts_match_the_architecture(bits):
     model = arch("SwinIR", **SWINIR_S)
     qsr_plugin.quantize(

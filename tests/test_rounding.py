@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qsr_plugin.quantizers import LearnedStepActivationQuantizer
-from qsr_plugin.quantizers._kernels import compiled_kernels_enabled, use_compiled_kernels
+from qsr_plugin.quantizers._kernels import use_compiled_kernels
 from qsr_plugin.quantizers._rounding import (
     learned_step_fake_quantize,
     phi,
@@ -222,15 +222,11 @@ def test_fp16_step_gradient_is_finite_at_recipe_size(eager_kernels, shift):
 
 @pytest.mark.slow
 def test_compiled_kernels_widen_half_inputs_too():
-    previous = compiled_kernels_enabled()
-    use_compiled_kernels(True)
-    try:
+    with use_compiled_kernels(True):
         x = torch.randn(2, 8, 12, 12, generator=torch.Generator().manual_seed(6)).half()
         quantizer = _initialised_quantizer(8, False, x)
         x.requires_grad_()
         y = quantizer(x)
         y.backward(torch.full_like(y, 4.0))
-    finally:
-        use_compiled_kernels(previous)
     assert y.dtype == x.grad.dtype == torch.float16
     assert torch.equal(y, quantizer(x.detach().float()).half())

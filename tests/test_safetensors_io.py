@@ -4,15 +4,15 @@ import json
 import os
 import pickle
 import struct
+import warnings
 
 import pytest
 import safetensors.torch
 import torch
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
     data_section_size,
-    eager_kernels,
     expected_msrresnet_data_bytes,
     lr_patches,
     small_msrresnet,
@@ -22,6 +22,8 @@ from torch import nn
 
 import qsr_plugin
 from qsr_plugin.export import safetensors_io
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def outputs_at_every_depth(model, x):
@@ -44,12 +46,32 @@ def test_round_trip_gives_bit_identical_outputs_at_every_depth(name, tmp_path):
     build = BUILDS[name]
     model = as_trained(build())
     path = qsr_plugin.save(model, tmp_path / "model.safetensors")
-    restored = qsr_plugin.load(path, build()).eval()
+    restored = qsr_plugin.load(build(), path).eval()
     x = lr_patches("Set5", count=2, seed=3)
     expected, got = outputs_at_every_depth(model, x), outputs_at_every_depth(restored, x)
     assert set(got) == set(expected) == set(qsr_plugin.depth_variants(model))
     for depth in expected:
         assert torch.equal(got[depth], expected[depth]), f"depth {depth} differs"
+
+
+def test_load_takes_the_model_first_and_the_old_order_with_a_deprecation_warning(tmp_path):
+    model = as_trained(small_msrresnet(4)).eval()
+    path = qsr_plugin.save(model, tmp_path / "model.safetensors")
+    x = lr_patches("Set5", count=1, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new_order = qsr_plugin.load(small_msrresnet(4), path).eval()
+    with pytest.warns(DeprecationWarning, match=r"load\(model, path\)"):
+        old_order = qsr_plugin.load(str(path), small_msrresnet(4)).eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(new_order(x), expected)
+        assert torch.equal(old_order(x), expected)
+
+
+def test_load_refuses_a_model_that_is_not_a_module(tmp_path):
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        qsr_plugin.load("a.safetensors", "b.safetensors")
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -83,7 +105,7 @@ def test_rebuilt_buffers_are_stored_as_digests_and_checked(tmp_path):
     assert not any(k.endswith(("attn_mask", "relative_position_index")) for k in stored)
     other_size = small_swinir(2, img_size=32)  # same weights' shapes, other attention masks
     with pytest.raises(ValueError, match=r"buffer layers\.\d.*attn_mask of the model differs"):
-        qsr_plugin.load(path, other_size)
+        qsr_plugin.load(other_size, path)
 
 
 def test_tied_weights_are_stored_once_and_restored_tied(tmp_path):
@@ -106,7 +128,7 @@ def test_tied_weights_are_stored_once_and_restored_tied(tmp_path):
     path = qsr_plugin.save(model, tmp_path / "tied.safetensors")
     stored = safetensors.torch.load_file(path)
     assert "refine.weight" in stored and "refine_again.weight" not in stored
-    restored = qsr_plugin.load(path, build()).eval()
+    restored = qsr_plugin.load(build(), path).eval()
     assert restored.refine_again.weight is restored.refine.weight
     x = lr_patches(count=1)
     with torch.no_grad():
@@ -172,13 +194,13 @@ def saved_swinir(tmp_path):
 
 def test_loading_into_a_model_with_other_bits_names_the_field(saved_swinir):
     with pytest.raises(ValueError, match=r"quantized differently: config\.bits: file has 4, mode"):
-        qsr_plugin.load(saved_swinir, small_swinir(2))
+        qsr_plugin.load(small_swinir(2), saved_swinir)
 
 
 def test_loading_into_a_model_with_other_variants_names_the_field(saved_swinir):
     model = small_swinir(4, depth_variants=[4, 2])
     with pytest.raises(ValueError, match=r"config\.depth_variants: file has \[4, 2, 1\], model ha"):
-        qsr_plugin.load(saved_swinir, model)
+        qsr_plugin.load(model, saved_swinir)
 
 
 def test_loading_into_another_architecture_size_names_the_layer(tmp_path):
@@ -189,7 +211,7 @@ def test_loading_into_another_architecture_size_names_the_layer(tmp_path):
     with pytest.raises(
         ValueError, match=r"layers\.body\.0\.conv1\.weight_shape: file has \[16, 16"
     ):
-        qsr_plugin.load(path, wider)
+        qsr_plugin.load(wider, path)
 
 
 def rewrite_metadata(path, **changes):
@@ -201,13 +223,14 @@ def rewrite_metadata(path, **changes):
     safetensors.torch.save_file(tensors, path, metadata)
 
 
+@pytest.mark.slow
 def test_a_file_from_another_plugin_version_names_the_version(tmp_path, monkeypatch):
     model = as_trained(small_swinir(4))
     monkeypatch.setattr(safetensors_io, "__version__", "0.0.1")
     path = qsr_plugin.save(model, tmp_path / "old.safetensors")
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"plugin_version: .* was written by qsr_plugin 0\.0\.1, "):
-        qsr_plugin.load(path, small_swinir(4))
+        qsr_plugin.load(small_swinir(4), path)
 
 
 def test_edited_metadata_fails_the_checksum(saved_swinir):
@@ -215,7 +238,7 @@ def test_edited_metadata_fails_the_checksum(saved_swinir):
     with pytest.raises(
         ValueError, match="is corrupted: its tensors, tensor entries .* or metadata do not match"
     ):
-        qsr_plugin.load(saved_swinir, small_swinir(4))
+        qsr_plugin.load(small_swinir(4), saved_swinir)
 
 
 def test_swapped_offsets_of_two_same_shape_tensors_fail_the_checksum(tmp_path):
@@ -231,7 +254,7 @@ def test_swapped_offsets_of_two_same_shape_tensors_fail_the_checksum(tmp_path):
     before, after = safetensors.torch.load(raw), safetensors.torch.load_file(path)
     assert torch.equal(after["body.0.conv1.bias"], before["body.0.conv2.bias"])  # a valid file
     with pytest.raises(ValueError, match=r"m\.safetensors is corrupted: .*offsets"):
-        qsr_plugin.load(path, small_msrresnet(4))
+        qsr_plugin.load(small_msrresnet(4), path)
 
 
 def test_a_truncated_file_is_a_clear_error(saved_swinir):
@@ -239,7 +262,7 @@ def test_a_truncated_file_is_a_clear_error(saved_swinir):
     for cut in (4, 100, len(raw) - 10):
         saved_swinir.write_bytes(raw[:cut])
         with pytest.raises(ValueError, match="not a readable safetensors file .* truncated or cor"):
-            qsr_plugin.load(saved_swinir, small_swinir(4))
+            qsr_plugin.load(small_swinir(4), saved_swinir)
 
 
 def test_a_flipped_byte_in_the_data_is_a_clear_error(saved_swinir):
@@ -247,7 +270,7 @@ def test_a_flipped_byte_in_the_data_is_a_clear_error(saved_swinir):
     raw[-5] ^= 0x10
     saved_swinir.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"swinir\.safetensors is corrupted"):
-        qsr_plugin.load(saved_swinir, small_swinir(4))
+        qsr_plugin.load(small_swinir(4), saved_swinir)
 
 
 def test_other_files_are_refused_without_unpickling_them(tmp_path):
@@ -260,17 +283,17 @@ def test_other_files_are_refused_without_unpickling_them(tmp_path):
     pickled = tmp_path / "model.safetensors"
     pickled.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(ValueError, match="not a readable safetensors file"):
-        qsr_plugin.load(pickled, small_swinir(4))
+        qsr_plugin.load(small_swinir(4), pickled)
     assert not marker.exists()
 
     plain = tmp_path / "plain.safetensors"
     safetensors.torch.save_file({"w": torch.zeros(2)}, plain)
     with pytest.raises(ValueError, match=r"was not written by qsr_plugin\.save\(\)"):
-        qsr_plugin.load(plain, small_swinir(4))
+        qsr_plugin.load(small_swinir(4), plain)
     with pytest.raises(FileNotFoundError, match=r"load\(\): .*absent\.safetensors does not exist"):
-        qsr_plugin.load(tmp_path / "absent.safetensors", small_swinir(4))
+        qsr_plugin.load(small_swinir(4), tmp_path / "absent.safetensors")
 
 
 def test_loading_into_a_float_model_is_refused(saved_swinir):
     with pytest.raises(ValueError, match=r"load\(\): SwinIR was never quantized"):
-        qsr_plugin.load(saved_swinir, arch("SwinIR", upscale=4, img_size=16, window_size=4))
+        qsr_plugin.load(arch("SwinIR", upscale=4, img_size=16, window_size=4), saved_swinir)

@@ -136,11 +136,20 @@ def test_psnr_rejects_mismatched_shapes():
 # --- data location and loading -----------------------------------------------------------------
 
 
-def test_default_data_dir_holds_the_shared_sets(monkeypatch):
-    monkeypatch.delenv("QSR_DATA_DIR", raising=False)
+def test_the_test_data_dir_holds_the_shared_sets():
     for name in ("Set5", "Set14", "T91"):
         assert (default_data_dir() / name / "HR").is_dir(), f"{name}/HR missing under the default"
     assert find_image_set("Set5") == default_data_dir() / "Set5" / "HR"
+
+
+def test_without_qsr_data_dir_the_library_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.delenv("QSR_DATA_DIR")
+    with pytest.raises(FileNotFoundError, match=r"no data folder: set QSR_DATA_DIR to a folder"):
+        default_data_dir()
+    with pytest.raises(FileNotFoundError, match=r"QSR_DATA_DIR.*data_dir="):
+        find_image_set("Set5")
+    (tmp_path / "Set5" / "HR").mkdir(parents=True)
+    assert find_image_set("Set5", data_dir=tmp_path) == tmp_path / "Set5" / "HR"
 
 
 def test_data_dir_env_var_and_missing_set_error(monkeypatch, tmp_path):

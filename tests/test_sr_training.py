@@ -28,14 +28,9 @@ from qsr_plugin.sr_training import (
     train_qat,
 )
 
+pytestmark = pytest.mark.usefixtures("eager_kernels")
+
 SCALE = 2
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(True)
 
 
 @functools.lru_cache
@@ -93,6 +88,7 @@ def test_float_training_lowers_the_l1_loss_on_real_photos():
     assert history[0].lr == pytest.approx(2e-3) and history[-1].lr < 2e-5  # cosine decay
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_for_a_seed_and_differs_for_another():
     def trained(sampler_seed):
         model = small_edsr()
@@ -108,6 +104,7 @@ def test_training_is_reproducible_for_a_seed_and_differs_for_another():
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_qat_trains_every_depth_jointly_and_lowers_each_loss():
     model = small_edsr()
     train_float(model, sampler(), steps=20, lr=2e-3, batch_size=4)

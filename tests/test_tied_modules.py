@@ -6,15 +6,16 @@ import onnxruntime
 import pytest
 import safetensors
 import torch
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
-    eager_kernels,
     lr_patches,
 )
 from torch import nn
 
 import qsr_plugin
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def tied_msrresnet(**settings):
@@ -33,7 +34,7 @@ def test_a_tied_block_is_saved_once_and_loads_back_bit_identically(tmp_path):
         stored = set(file.keys())
     assert aliases["body.1.conv1.weight"] == "body.0.conv1.weight"
     assert not any(key.startswith("body.1.") for key in stored)
-    restored = qsr_plugin.load(path, tied_msrresnet()).eval()
+    restored = qsr_plugin.load(tied_msrresnet(), path).eval()
     assert restored.body[0] is restored.body[1]
     x = lr_patches("Set5", count=2)
     with torch.no_grad():

@@ -20,12 +20,7 @@ from qsr_plugin.training_stats import (
     quantizer_values,
 )
 
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    qsr_plugin.use_compiled_kernels(False)
-    yield
-    qsr_plugin.use_compiled_kernels(True)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def quantized_srresnet(method="quantsr", num_block=3):

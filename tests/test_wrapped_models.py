@@ -6,16 +6,17 @@ import struct
 import pytest
 import torch
 import torch.distributed as dist
-from _deploy_models import (  # noqa: F401  (eager_kernels: autouse fixture)
+from _deploy_models import (
     arch,
     as_trained,
-    eager_kernels,
     lr_patches,
     small_msrresnet,
 )
 from torch import nn
 
 import qsr_plugin
+
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 @pytest.fixture
@@ -43,7 +44,10 @@ WRAPPERS = {
 }
 
 
-@pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.parametrize(
+    "wrapper",
+    [pytest.param(name, marks=pytest.mark.slow if name != "compile" else ()) for name in WRAPPERS],
+)
 def test_every_verb_reads_the_record_through_the_wrapper(wrapper, tmp_path, request):
     if "DDP" in wrapper:
         request.getfixturevalue("process_group")
@@ -55,7 +59,7 @@ def test_every_verb_reads_the_record_through_the_wrapper(wrapper, tmp_path, requ
     wrapped_file = qsr_plugin.save(wrapped, tmp_path / "wrapped.safetensors")
     assert file_content(wrapped_file) == file_content(bare_file)
     target = WRAPPERS[wrapper](small_msrresnet(4))
-    assert qsr_plugin.load(wrapped_file, target) is target
+    assert qsr_plugin.load(target, wrapped_file) is target
     x = lr_patches("Set5", count=1)
     frozen = qsr_plugin.freeze(wrapped, depth=4)
     with torch.no_grad(), qsr_plugin.use_depth(model, 4):

@@ -126,7 +126,7 @@ def run(arguments: argparse.Namespace) -> int:
         recipe = read_recipe(arguments.opt)
         x = torch.rand(1, *arguments.input_size, generator=torch.Generator().manual_seed(0))
         model = build_network(recipe, example_input=x)
-        load(arguments.weights, model)
+        load(model, arguments.weights)
         depths = _depths(model, arguments.depth)
         written = {}
         for depth in depths:

@@ -66,7 +66,7 @@ def run(arguments: argparse.Namespace) -> int:
         lr_patches, _ = sampler.sample(CALIBRATION_BATCH)
         model = build_network(recipe, example_input=lr_patches[:1])
         if arguments.weights is not None:
-            load(arguments.weights, model)
+            load(model, arguments.weights)
         else:
             calibrate(model, lr_patches)
         result = report(model, input_size=tuple(arguments.input_size))

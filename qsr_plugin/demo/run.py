@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
 from .._basicsr_compat import import_basicsr
 from .._files import atomic_output
+from .._version import __version__
 from ..rewrite.quantize import quantize
 from ..rewrite.variants import iter_depths
 from ..sr_data import (

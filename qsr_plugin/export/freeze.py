@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from ..config import QuantizeConfig
-from ..layers import QuantConv2d, QuantLinear
+from ..layers import layer_types
 from ..rewrite.depth import depth_switchable_bodies
 from ..rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
 from .frozen_body import frozen_body
-from .frozen_layers import FrozenQuantConv2d, FrozenQuantLinear
 from .quantized_layers import (
     activation_grid,
     quantized_layers,
@@ -23,7 +22,6 @@ from .quantized_layers import (
 )
 
 FROZEN_ATTRIBUTE = "_qsr_frozen"
-FROZEN_TYPES = {QuantConv2d: FrozenQuantConv2d, QuantLinear: FrozenQuantLinear}
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def freeze(model: nn.Module, depth: int | None = None) -> nn.Module:
         for name, layer in quantized_layers(frozen):
             codes = None if layer.weight_quant is None else weight_codes(layer)
             grid = None if layer.act_quant is None else activation_grid(layer.act_quant)
-            _replace(frozen, name, FROZEN_TYPES[type(layer)].freeze(layer, codes, grid))
+            _replace(frozen, name, layer_types(layer).frozen.freeze(layer, codes, grid))
     frozen.eval().requires_grad_(False)
     frozen.__dict__[FROZEN_ATTRIBUTE] = FrozenRecord(config, depth)
     return frozen

@@ -22,18 +22,12 @@ import math
 
 import torch
 
-PACKABLE_BITS = range(2, 9)
-
-
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in PACKABLE_BITS:
-        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
-    return bits
+from .._validation import check_bits
 
 
 def packed_size(count: int, bits: int) -> int:
     """Bytes that ``count`` codes of ``bits`` bits take once packed."""
-    return math.ceil(count * _check_bits(bits) / 8)
+    return math.ceil(count * check_bits(bits, "bits", allow_float=False) / 8)
 
 
 def pack(fields: torch.Tensor, bits: int) -> torch.Tensor:
@@ -53,7 +47,7 @@ def pack(fields: torch.Tensor, bits: int) -> torch.Tensor:
         >>> pack(torch.tensor([1, 2, 3, 0]), 2)
         tensor([57], dtype=torch.uint8)
     """
-    _check_bits(bits)
+    check_bits(bits, "bits", allow_float=False)
     if fields.dtype.is_floating_point or fields.dtype.is_complex or fields.dtype == torch.bool:
         raise ValueError(f"pack() needs an integer tensor, got dtype {fields.dtype}")
     flat = fields.detach().reshape(-1).cpu()
@@ -82,7 +76,7 @@ def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         >>> unpack(torch.tensor([57], dtype=torch.uint8), 2, 4)
         tensor([1, 2, 3, 0], dtype=torch.uint8)
     """
-    _check_bits(bits)
+    check_bits(bits, "bits", allow_float=False)
     if packed.dtype != torch.uint8 or packed.dim() != 1:
         raise ValueError(
             f"unpack() needs a 1-D uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}"
@@ -107,7 +101,7 @@ def pack_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
         >>> unpack_signed(pack_signed(torch.tensor([-2, -1, 0, 1]), 2), 2, 4)
         tensor([-2, -1,  0,  1], dtype=torch.int8)
     """
-    _check_bits(bits)
+    check_bits(bits, "bits", allow_float=False)
     if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
         raise ValueError(f"pack_signed() needs an integer tensor, got dtype {codes.dtype}")
     flat = codes.detach().reshape(-1).cpu().to(torch.int16)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .. import __version__
 from .._files import write_atomically
+from .._version import __version__
 from .layer_tables import TABLE_NAMES, pack_tables, unpack_tables
 from .model_description import describe, differences
 from .quantized_layers import require_deployable, require_quantized
@@ -230,15 +231,36 @@ def _check_compatible(metadata: dict[str, str], model: nn.Module, path: Path) ->
         )
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+def _model_and_path(
+    model: nn.Module | str | os.PathLike, path: str | os.PathLike | nn.Module
+) -> tuple[nn.Module, Path]:
+    """``(model, path)`` from load()'s arguments; the old order ``(path, model)`` warns."""
+    if isinstance(path, nn.Module) and not isinstance(model, nn.Module):
+        warnings.warn(
+            "load(path, model) is deprecated: pass the model first, load(model, path), "
+            "as in save(model, path)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        model, path = path, model
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"load(model, path): model must be an nn.Module, got {type(model).__name__}"
+        )
+    return model, Path(path)
+
+
+def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Restore a file written by :func:`save` into ``model``; return the model.
 
     ``model`` must be built and quantized exactly as the saved one (same architecture
     settings, same config); it then computes bit-identical outputs at every depth.
+    The arguments come in the order of :func:`save` (and safetensors' ``load_model``);
+    the old order ``load(path, model)`` still works, with a ``DeprecationWarning``.
 
     Args:
-        path: a file written by :func:`save`.
         model: the target model, quantized with the file's config.
+        path: a file written by :func:`save`.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -246,11 +268,12 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             version, or saved from a model quantized differently (the message names the
             field, e.g. ``config.bits`` or ``layers.body.0.conv1``), or a tensor that does
             not fit the model.
+        TypeError: ``model`` is not an ``nn.Module``.
 
     Example:
-        ``qsr_plugin.load("quantsr_c_x4_w4.safetensors", quantized_model)``
+        ``qsr_plugin.load(quantized_model, "quantsr_c_x4_w4.safetensors")``
     """
-    path = Path(path)
+    model, path = _model_and_path(model, path)
     wrapper, model = model, require_quantized(model, "load()")
     metadata, tensors = _read(path)
     _check_compatible(metadata, model, path)

@@ -7,11 +7,11 @@ on first use (about 20 s on a laptop-class CPU; cached on disk afterwards). Both
 compute the same values up to floating-point summation order.
 
 Quantizers with one step per tensor (activations, per-tensor weights) use compiled kernels
-by default; ``QSR_COMPILE=0`` in the environment or ``use_compiled_kernels(False)`` selects
-eager ones. A step per channel always uses the eager kernels. If tracing or compiling fails
-(no C++ compiler, an unsupported platform), the eager kernels take over for the rest of the
-process, with a one-line warning naming the cause; errors of the computation itself (out
-of memory, wrong shapes) propagate.
+by default; ``QSR_COMPILE=0`` in the environment or ``use_compiled_kernels(False)`` (a call,
+or a ``with`` block) selects eager ones. A step per channel always uses the eager kernels.
+If tracing or compiling fails (no C++ compiler, an unsupported platform), the eager kernels
+take over for the rest of the process, with a one-line warning naming the cause; errors of
+the computation itself (out of memory, wrong shapes) propagate.
 """
 
 from __future__ import annotations
@@ -36,13 +36,31 @@ def compiled_kernels_enabled() -> bool:
     return _settings["compile"]
 
 
-def use_compiled_kernels(enabled: bool) -> None:
+class use_compiled_kernels:  # noqa: N801  (a function to callers, like torch.no_grad)
     """Use ``torch.compile``-d (True) or eager (False) activation-quantizer kernels.
+
+    Takes effect at once, for the whole process; used as a context manager, it restores
+    the previous choice on leaving the block.
 
     Example:
         >>> use_compiled_kernels(False)  # e.g. for quick scripts that run a few steps
+        use_compiled_kernels(False)
+        >>> with use_compiled_kernels(True):  # compiled inside the block only
+        ...     pass
     """
-    _settings["compile"] = bool(enabled)
+
+    def __init__(self, enabled: bool) -> None:
+        self._previous = _settings["compile"]
+        _settings["compile"] = bool(enabled)
+
+    def __enter__(self) -> use_compiled_kernels:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _settings["compile"] = self._previous
+
+    def __repr__(self) -> str:  # what the interactive prompt shows after a plain call
+        return f"use_compiled_kernels({_settings['compile']})"
 
 
 class Kernels:

@@ -20,11 +20,10 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..layers import is_quantized_layer
+from ..layers import COMPUTE_TYPES, is_quantized_layer
 from ..quantizers import Quantizer
 from ._module_state import preserved_module_state
 
-COMPUTE_TYPES = (nn.Conv2d, nn.Linear)
 MAX_TRACE_ATTEMPTS = 32
 
 

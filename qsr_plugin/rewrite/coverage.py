@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
+from ..layers import COMPUTE_TYPES
 from ._module_state import preserved_module_state
-from .analysis import COMPUTE_TYPES
 
 MODES = ("train", "eval")
 FUNCTIONAL = {F.conv2d: "F.conv2d", F.linear: "F.linear"}

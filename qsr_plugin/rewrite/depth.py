@@ -246,10 +246,12 @@ class _DepthSwitchable:
         chosen = self._plan[self.active_depth if depth is None else depth]
         return [i for i in self.execution_order if i in chosen]
 
-    def original_blocks(self) -> list[tuple[str, nn.Module]]:
-        """``(name, block)`` of the body's own blocks, in order (the float body)."""
-        names = self.block_names[: self.original_depth]
-        return [(name, self._modules[name]) for name in names]
+    def float_body(self) -> nn.Sequential | nn.ModuleList:
+        """The body this container was built from: its original blocks (the same objects)."""
+        blocks = [(name, self._modules[name]) for name in self.block_names[: self.original_depth]]
+        if isinstance(self, nn.Sequential):
+            return nn.Sequential(OrderedDict(blocks)).train(self.training)
+        return nn.ModuleList(block for _, block in blocks).train(self.training)
 
     def grown_blocks(self) -> dict[str, str]:
         """Name of each grown block -> name of the original block it was copied from."""

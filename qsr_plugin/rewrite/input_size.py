@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .analysis import COMPUTE_TYPES
+from ..layers import COMPUTE_TYPES
 
 
 def _channels(model: nn.Module) -> int | None:

@@ -14,9 +14,9 @@ from torch import nn
 from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
-from ..layers import FLOAT_TO_QUANTIZED
+from ..layers import COMPUTE_TYPES, layer_types
 from ._module_state import preserved_module_state
-from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
+from .analysis import ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
 from .coverage import observe, require_run
 from .depth import (
@@ -159,7 +159,7 @@ def _check_iterated(model, body: Body, container: DepthSwitchableModuleList, pro
 
 def quantize(
     model: nn.Module,
-    bits: int = 4,
+    bits: int | None = None,
     depth_variants: list[int] | None = None,
     *,
     config: QuantizeConfig | None = None,
@@ -175,9 +175,10 @@ def quantize(
 
     Args:
         model: a float model (BasicSR arch, timm model, any nn.Module).
-        bits: weight and activation bits, 2..8.
+        bits: weight and activation bits, 2..8 (4 when omitted).
         depth_variants: depths sharing one set of weights, e.g. [4, 2, 1]; None for none.
-        config: all settings at once, instead of ``bits``/``depth_variants``/``settings``.
+        config: all settings at once, instead of ``bits``/``depth_variants``/``settings``;
+            passing both is refused (``dataclasses.replace(config, bits=2)`` changes one).
         example_input: an input the model accepts, for tracing; guessed when omitted.
         **settings: any other :class:`QuantizeConfig` field (``weight_bits``, ``act_bits``,
             ``method``, ``scope``, ``include``, ``exclude``, ``body``, ...).
@@ -187,11 +188,11 @@ def quantize(
 
     Raises:
         TypeError: ``model`` is not an nn.Module.
-        ValueError: bad settings, an already quantized model, no layer to quantize, a layer
-            to quantize that the forward runs in training mode but not in eval mode or the
-            other way round (ECBSR's re-parameterised eval path), or a body that cannot take
-            depth variants; the message names the module or argument. Layers that run in
-            neither mode stay float, with a warning.
+        ValueError: bad settings, settings given beside ``config``, an already quantized
+            model, no layer to quantize, a layer to quantize that the forward runs in training
+            mode but not in eval mode or the other way round (ECBSR's re-parameterised eval
+            path), or a body that cannot take depth variants; the message names the module
+            or argument. Layers that run in neither mode stay float, with a warning.
         RuntimeError: replacing a layer or the body failed unexpectedly; the message names
             the module and the fix, and the model is left unchanged.
 
@@ -207,12 +208,17 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs a torch.nn.Module, got {type(model).__name__}")
     wrapper, model = model, unwrap(model)
+    given = {"bits": bits, "depth_variants": depth_variants}
+    given = {**{k: v for k, v in given.items() if v is not None}, **settings}
     if config is None:
-        config = QuantizeConfig.from_dict(
-            {"bits": bits, "depth_variants": depth_variants, **settings}
+        config = QuantizeConfig.from_dict(given)
+    elif given:
+        changes = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ValueError(
+            f"quantize() got config= and also {changes}; pass either config=QuantizeConfig(...) "
+            f"or individual settings, not both (dataclasses.replace(config, {changes}) "
+            "combines them)"
         )
-    elif settings or bits != 4 or depth_variants is not None:
-        raise ValueError("pass either config=QuantizeConfig(...) or individual settings, not both")
     already = existing_quantized_layers(model) or [n for n, _ in depth_switchable_bodies(model)]
     if already:
         raise ValueError(
@@ -257,11 +263,10 @@ def quantize(
         spec = config.layer_spec()
         for path in selection.quantize:
             layer = model.get_submodule(path)
-            float_type = next(t for t in COMPUTE_TYPES if isinstance(layer, t))
             with _naming(
                 f"{path} ({type(layer).__name__})", f"keep it in float with exclude=[{path!r}]"
             ):
-                swaps.replace(path, FLOAT_TO_QUANTIZED[float_type].from_float(layer, spec))
+                swaps.replace(path, layer_types(layer).quantized.from_float(layer, spec))
     except BaseException:
         swaps.undo()
         raise
@@ -283,4 +288,51 @@ def quantize(
         functional_calls=coverage.functional,
         left_float=selection.left_float,
     )
+    return wrapper
+
+
+def dequantize(model: nn.Module, *, bodies: bool = True) -> nn.Module:
+    """Undo :func:`quantize`, in place, and return the model: a float model again.
+
+    Every :class:`QuantConv2d`/:class:`QuantLinear` becomes its float layer, sharing its
+    weight and bias (trained values are kept, quantizers dropped), each depth-switchable body
+    becomes its original blocks (grown blocks and shortcut scales are dropped), and the
+    quantization record goes, so the model's state-dict keys are the float model's again.
+
+    Args:
+        model: a model :func:`quantize` returned (possibly wrapped, see :func:`quantize`).
+        bodies: False keeps the depth-switchable bodies (with float layers), so every depth
+            variant still runs.
+
+    Returns:
+        ``model``, in float.
+
+    Raises:
+        TypeError: ``model`` is not an nn.Module.
+        ValueError: ``model`` was not quantized.
+
+    Example:
+        >>> import qsr_plugin
+        >>> from torch import nn
+        >>> blocks = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), blocks, nn.Conv2d(8, 3, 1))
+        >>> net = qsr_plugin.dequantize(qsr_plugin.quantize(net, depth_variants=[4, 2]))
+        >>> type(net[1][0]), qsr_plugin.quantization_record(net)
+        (<class 'torch.nn.modules.conv.Conv2d'>, None)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"dequantize() needs a torch.nn.Module, got {type(model).__name__}")
+    wrapper, model = model, unwrap(model)
+    if quantization_record(model) is None:
+        raise ValueError(
+            f"dequantize(): {type(model).__name__} was not quantized (it has no quantize() "
+            "record); pass the model that qsr_plugin.quantize() returned"
+        )
+    swaps = ModuleSwaps(model)
+    for path in existing_quantized_layers(model):
+        swaps.replace(path, model.get_submodule(path).to_float())
+    if bodies:
+        for path, container in depth_switchable_bodies(model):
+            swaps.replace(path, container.float_body())
+    del model.__dict__[RECORD_ATTRIBUTE]
     return wrapper

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..layers import FLOAT_TO_QUANTIZED
-from .analysis import COMPUTE_TYPES
+from ..layers import COMPUTE_TYPES, layer_types
 
 IDLE_REASON = (
     "did not run on the probe input, in training or eval mode (its quantizers would never see data)"
@@ -43,12 +42,8 @@ def _matching(names: list[str], patterns: tuple[str, ...], argument: str) -> set
 
 
 def _unsupported_reason(module: nn.Module) -> str | None:
-    quantized_type = FLOAT_TO_QUANTIZED.get(type(module))
-    if quantized_type is None:
-        float_type = next(t for t in COMPUTE_TYPES if isinstance(module, t))
-        quantized_type = FLOAT_TO_QUANTIZED[float_type]
     try:
-        quantized_type._check_convertible(module)
+        layer_types(module).quantized._check_convertible(module)
     except ValueError as error:
         return str(error)
     return None

@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from .._wrappers import unwrap
-from ..layers import is_quantized_layer
+from ..layers import COMPUTE_TYPES, is_quantized_layer
 from ..quantizers import Quantizer
-from .analysis import COMPUTE_TYPES
 from .depth import depth_switchable_bodies
 from .quantize import quantization_record
 

@@ -144,6 +144,7 @@ def test_quantsr_checkpoint_of_other_bits_is_refused(workdir):
         model_with(workdir, f"path:pretrain_network_g={path}", "quantsr:bits=2")
 
 
+@pytest.mark.slow
 def test_quantsr_checkpoint_missing_a_tensor_is_refused(workdir):
     state = trained_state(workdir)
     del state["body.shortcut_scale"]

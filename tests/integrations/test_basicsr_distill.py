@@ -79,7 +79,7 @@ def test_distillation_resumes_from_a_quantsr_checkpoint(workdir, teacher_file):
     [
         (
             {"teacher": "x.pth", "outptu": 1.0},
-            r"quantsr\.distill\.outptu is not a setting; did you mean quantsr\.distill\.output\?",
+            r"quantsr\.distill\.outptu \(did you mean quantsr\.distill\.output\?\)",
         ),
         ({"output": 1.0}, r"quantsr\.distill\.teacher is required"),
         ({"teacher": "missing.pth"}, r"quantsr\.distill\.teacher: missing\.pth does not exist"),

@@ -196,6 +196,7 @@ def test_quantized_network_follows_the_quantsr_section(smoke):
     assert len(body_of(model.net_g).block_names) == max(options["quantsr"]["depth_variants"])
 
 
+@pytest.mark.slow
 def test_amp_option_trains_under_autocast(workdir):
     options = parse(workdir, None, "quantsr:amp=bf16", "train:ema_decay=0")
     model = build_model(options)

@@ -111,7 +111,17 @@ def test_missing_quantsr_section_is_refused(smoke_options):
 
 def test_misspelt_quantsr_key_is_named(smoke_options):
     smoke_options["quantsr"]["depth_varaints"] = [8, 4]
-    with pytest.raises(OptionError, match=r"unknown key\(s\) quantsr.depth_varaints; valid keys"):
+    with pytest.raises(
+        OptionError,
+        match=r"unknown key\(s\) quantsr\.depth_varaints \(did you mean quantsr\.depth_variants"
+        r"\?\); valid keys: .*, amp",
+    ):
+        quantize_config(smoke_options)
+
+
+def test_misspelt_amp_key_is_named_with_did_you_mean(smoke_options):
+    smoke_options["quantsr"]["ampp"] = "bf16"
+    with pytest.raises(OptionError, match=r"quantsr\.ampp \(did you mean quantsr\.amp\?\)"):
         quantize_config(smoke_options)
 
 
@@ -176,7 +186,11 @@ def test_bad_variant_loss_weights_are_named(smoke_options, weights, message):
 
 
 def test_unknown_arch_is_named_with_the_registered_ones():
-    with pytest.raises(OptionError, match=r"network_g.type: 'MSRResNett' is not a registered.*"):
+    with pytest.raises(
+        OptionError,
+        match=r"network_g.type: 'MSRResNett' is not a registered BasicSR arch "
+        r"\(did you mean MSRResNet\?\)",
+    ):
         check_network_type({"type": "MSRResNett"})
     with pytest.raises(OptionError, match=r"registered archs: .*MSRResNet.*SwinIR"):
         check_network_type({"type": "MSRResNett"})

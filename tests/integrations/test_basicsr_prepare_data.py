@@ -78,6 +78,7 @@ def test_command_line_reports_a_missing_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_script_writes_the_layout(tmp_path):
     done = run_script(SCRIPT, str(two_images(tmp_path)), "Set5", "--scales", "4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -29,7 +29,9 @@ def test_create_quantized_model_applies_the_quantsr_section():
 
 
 def test_bad_settings_and_names_are_refused_before_building():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) quantsr\.bitz"):
+    with pytest.raises(
+        ValueError, match=r"unknown key\(s\) quantsr\.bitz \(did you mean quantsr\.bits\?\)"
+    ):
         create_quantized_model("resnet18", {"bitz": 4})
     with pytest.raises(ValueError, match="'resnet_18' is not a timm model"):
         create_quantized_model("resnet_18")
@@ -42,6 +44,7 @@ def test_image_batches_follow_the_model_preprocessing():
     assert batches[0].mean().abs() < 1.5  # normalised with ImageNet mean/std
 
 
+@pytest.mark.slow
 def test_distillation_brings_the_2_bit_student_closer_to_its_float_teacher():
     import timm
 

@@ -8,7 +8,8 @@ loader and checked (:mod:`.options`); BasicSR then runs inside :func:`.runtime.b
 ``QuantSRModel`` is registered by importing this package.
 
 Example:
-    ``qsr-train -opt recipes/quantsr_t_x4.yml``, or on two processes without GPUs
+    ``qsr-train -opt recipes/quantsr_t_x4.yml`` (in a clone of the repository: ``recipes/``
+    is not installed with the package), or on two processes without GPUs
     ``torchrun --nproc_per_node=2 integrations/basicsr/train.py -opt ... --launcher pytorch``
 """
 

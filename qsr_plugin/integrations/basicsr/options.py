@@ -23,7 +23,7 @@ A QuantSR option file is an ordinary BasicSR file with ``model_type: QuantSRMode
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from qsr_plugin._basicsr_compat import import_basicsr
+from qsr_plugin._validation import check_keys, closest, did_you_mean
 from qsr_plugin.config import QuantizeConfig
 from qsr_plugin.distillation import DistillConfig
 from qsr_plugin.mixed_precision import check_amp
@@ -102,12 +103,16 @@ def quantize_config(options: Mapping[str, Any]) -> QuantizeConfig:
     if section is None:
         raise OptionError(
             f"model_type {MODEL_TYPE} needs a '{SECTION}:' section (e.g. bits: 4, "
-            "depth_variants: [32, 16, 8]); see recipes/README.md"
+            "depth_variants: [32, 16, 8]) whose keys are the fields of "
+            "qsr_plugin.QuantizeConfig; the recipes/ folder of the qsr_plugin repository "
+            "(not installed with the package) has complete option files"
         )
     if not isinstance(section, Mapping):
         raise OptionError(f"'{SECTION}' must be a mapping of settings, got {section!r}")
     settings = {k: v for k, v in section.items() if k not in TRAINING_KEYS}
+    valid = [*(f.name for f in dataclasses.fields(QuantizeConfig)), *TRAINING_KEYS]
     try:
+        check_keys(section, valid, where=f"{SECTION}.")
         return QuantizeConfig.from_dict(settings, where=f"{SECTION}.")
     except (TypeError, ValueError) as err:
         raise OptionError(f"invalid '{SECTION}' section: {err}") from None
@@ -144,13 +149,10 @@ def distill_setting(options: Mapping[str, Any]) -> tuple[DistillConfig, Path] | 
     if not isinstance(distill, Mapping):
         raise OptionError(f"{where} must be a mapping (teacher, output, features), got {distill!r}")
     valid = (TEACHER_KEY, *(name for name in DistillConfig.__dataclass_fields__))
-    for key in distill:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"did you mean {where}.{close[0]}? " if close else ""
-            raise OptionError(
-                f"{where}.{key} is not a setting; {hint}valid keys: {', '.join(valid)}"
-            )
+    try:
+        check_keys(distill, valid, where=f"{where}.")
+    except ValueError as err:
+        raise OptionError(str(err)) from None
     teacher = distill.get(TEACHER_KEY)
     if not teacher:
         raise OptionError(
@@ -172,10 +174,10 @@ def _refuse_misspelt_plugin_keys(train: Mapping[str, Any]) -> None:
     for key in train:
         if key in PLUGIN_TRAIN_KEYS:
             continue
-        close = difflib.get_close_matches(str(key), PLUGIN_TRAIN_KEYS, n=1, cutoff=0.85)
+        close = closest(key, PLUGIN_TRAIN_KEYS, cutoff=0.85)
         if close:
             raise OptionError(
-                f"train.{key} is not a setting; did you mean train.{close[0]}? (a misspelt "
+                f"train.{key} is not a setting; did you mean train.{close}? (a misspelt "
                 "key would be ignored silently)"
             )
 
@@ -218,8 +220,8 @@ def check_network_type(network_options: Any, key: str = "network_g") -> str:
     if arch not in ARCH_REGISTRY and f"{arch}{REGISTRY_SUFFIX}" not in ARCH_REGISTRY:
         names = sorted({name.removesuffix(REGISTRY_SUFFIX) for name, _ in ARCH_REGISTRY})
         raise OptionError(
-            f"{key}.type: {arch!r} is not a registered BasicSR arch; registered archs: "
-            f"{', '.join(names)}"
+            f"{key}.type: {arch!r} is not a registered BasicSR arch"
+            f"{did_you_mean(arch, names)}; registered archs: {', '.join(names)}"
         )
     return arch
 
