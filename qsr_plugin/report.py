@@ -4,7 +4,10 @@ Convention (QuantSR supplementary, section 1.3): a quantized layer counts ``b/32
 full-precision parameters and operations. Here ``b`` is the weight bit width for the layer's
 weight parameters (biases, quantizer steps and shifts, shortcut scales and every float layer
 count in full), and ``max(weight bits, activation bits)`` for the layer's operations, so a
-layer whose activations stay in float counts its operations in full. Operations are
+layer whose activations stay in float counts its operations in full. A CADyQ layer's
+activation bits are the average it used on the images run inside
+:func:`qsr_plugin.measure_bits` (its bit selector's parameters count as quantizer
+parameters). Operations are
 multiply-accumulates of Conv2d and Linear layers (see :mod:`qsr_plugin.cost_count`); the
 matrix products between activations (SwinIR's ``q @ k^T`` and ``attn @ v``), which
 ``quantize()`` leaves in float, are listed in their own column at full cost, because the
@@ -33,7 +36,7 @@ from torch import nn
 from .cost_count import ForwardCost, count_forward
 from .export.quantized_layers import quantized_layers, require_deployable, require_quantized
 from .export.safetensors_io import save, unique_state
-from .quantizers import quantizers_of
+from .quantizers import CADyQActivationQuantizer, quantizers_of
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.input_size import fixed_input_size
 from .rewrite.quantize import RECORD_ATTRIBUTE, quantization_record
@@ -134,8 +137,24 @@ def _reduction(value: float, reference: float) -> str:
     return f"↓ {100 * (1 - value / reference):.1f}%"
 
 
-def _bits_text(weight_bits: int, act_bits: int) -> str:
+def _bits_text(weight_bits: int, act_bits: float) -> str:
+    if isinstance(act_bits, float):  # CADyQ: the measured average
+        return f"{weight_bits}/{act_bits:.2f} (measured average)"
     return f"{weight_bits}/{act_bits}"
+
+
+def _activation_bits(name: str, layer: nn.Module) -> float:
+    """A layer's activation bits: its setting, or for CADyQ the average measured on images."""
+    quantizer = layer.act_quant
+    if not isinstance(quantizer, CADyQActivationQuantizer):
+        return layer.spec.act_bits
+    if quantizer.measured_bits is None:
+        raise ValueError(
+            f"report(): {name} uses method 'cadyq', whose activation bits depend on the "
+            "input; measure them on the evaluation images first (with "
+            "qsr_plugin.measure_bits(model): run the images), then call report()"
+        )
+    return quantizer.measured_bits
 
 
 class _Twin:
@@ -155,7 +174,7 @@ class _Twin:
             quantizers = [q for q in (layer.act_quant, layer.weight_quant) if q is not None]
             self.bits[name] = (
                 FLOAT_BITS if layer.weight_quant is None else layer.spec.weight_bits,
-                FLOAT_BITS if layer.act_quant is None else layer.spec.act_bits,
+                FLOAT_BITS if layer.act_quant is None else _activation_bits(name, layer),
             )
             self.quantizer_params[name] = sum(p.numel() for q in quantizers for p in q.parameters())
             swaps.replace(name, layer.to_float())
@@ -186,6 +205,15 @@ class _Twin:
             bits = max(self.bits.get(call.name, (FLOAT_BITS, FLOAT_BITS)))
             ops += call.macs * bits / FLOAT_BITS
         return params, ops
+
+    def activation_bits(self, cost: ForwardCost, act_bits: int) -> float | int:
+        """``act_bits``, or for CADyQ the measured bits averaged over the layers that ran."""
+        measured = [
+            self.bits[call.name][1]
+            for call in cost.layers
+            if call.name in self.bits and isinstance(self.bits[call.name][1], float)
+        ]
+        return sum(measured) / len(measured) if measured else act_bits
 
     def restore_float_bodies(self) -> None:
         """Put each depth-switchable body back as its original blocks (the float model)."""
@@ -301,7 +329,7 @@ def report(
                 cost = _count(twin.model, input_size, type(model).__name__)
             blocks = depth
         params, ops = twin.weighted(cost)
-        bits = _bits_text(spec.weight_bits, spec.act_bits)
+        bits = _bits_text(spec.weight_bits, twin.activation_bits(cost, spec.act_bits))
         rows.append(EfficiencyRow(label, bits, blocks, params, ops, float(cost.product_macs)))
     twin.restore_float_bodies()
     float_cost = _count(twin.model, input_size, type(model).__name__)

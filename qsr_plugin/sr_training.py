@@ -28,11 +28,13 @@ from torch import nn
 
 from .calibration import calibrate
 from .mixed_precision import MixedPrecision
+from .quantizers.cadyq import bit_cost_loss
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.variants import depth_variants, joint_variant_loss, use_depth
 from .sr_data import PatchSampler
 
 FLOAT_LOSS_KEY = "float"
+BIT_COST_KEY = "bit_cost"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class StepReport:
         step: steps completed so far (1 after the first step).
         total: steps in the run.
         loss: the loss that was back-propagated (for QAT: the weighted sum over depths).
-        losses: each part of it: ``{"float": ...}``, or ``{"d16": ..., "d8": ...}`` for QAT.
+        losses: each part of it: ``{"float": ...}``, or ``{"d16": ..., "d8": ...}`` for QAT,
+            plus ``"bit_cost"`` for a CADyQ model (:func:`with_method_loss`).
         lr: the learning rate the step used.
     """
 
@@ -181,6 +184,21 @@ def train_float(
     return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks)
 
 
+def with_method_loss(
+    model: nn.Module, total: torch.Tensor, parts: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``total`` plus the loss term of the model's quantization method, and ``parts`` with it.
+
+    The one place where training loops (:func:`train_qat`, the BasicSR ``QuantSRModel``)
+    add a method's own term: CADyQ's bit cost (:func:`qsr_plugin.bit_cost_loss`) under
+    ``"bit_cost"``. Other methods have none and pass through unchanged.
+    """
+    cost = bit_cost_loss(model)
+    if cost is None:
+        return total, parts
+    return total + cost, {**parts, BIT_COST_KEY: cost}
+
+
 def depth_key(depth: int) -> str:
     """The key of a depth variant in :attr:`StepReport.losses` (``"d16"`` for 16 blocks)."""
     return f"d{depth}"
@@ -204,6 +222,7 @@ def train_qat(
     Each step runs every depth variant on the same batch and back-propagates the weighted
     sum of their L1 losses (:func:`qsr_plugin.joint_variant_loss`; equal weights by
     default, as in QuantSR). A model without depth variants trains on its plain L1 loss.
+    A CADyQ model adds its bit cost term (:func:`with_method_loss`).
     Quantizers should be initialised first (:func:`calibrate_from_sampler`); otherwise the
     first batch initialises them.
 
@@ -239,7 +258,8 @@ def train_qat(
             total, losses = joint_variant_loss(
                 model, lr_batch, hr_batch, F.l1_loss, weights=depth_weights
             )
-            return total, {depth_key(d): loss for d, loss in losses.items()}
+            parts = {depth_key(d): loss for d, loss in losses.items()}
+            return with_method_loss(model, total, parts)
 
     else:
         if depth_weights is not None:
@@ -250,7 +270,7 @@ def train_qat(
 
         def loss_of_batch(lr_batch, hr_batch):
             loss = F.l1_loss(model(lr_batch), hr_batch)
-            return loss, {FLOAT_LOSS_KEY: loss}
+            return with_method_loss(model, loss, {FLOAT_LOSS_KEY: loss})
 
     special = None
     if shortcut_lr is not None:

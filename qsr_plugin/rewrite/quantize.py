@@ -15,6 +15,7 @@ from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
 from ..layers import FLOAT_TO_QUANTIZED
+from ..quantizers.cadyq import cadyq_quantizers, install_image_score_hooks
 from ._module_state import preserved_module_state
 from .analysis import COMPUTE_TYPES, ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
@@ -272,6 +273,8 @@ def quantize(
             stacklevel=2,
         )
     name_quantizers(model)
+    if cadyq_quantizers(model):
+        install_image_score_hooks(model)
     model.__dict__[RECORD_ATTRIBUTE] = QuantizationRecord(
         config=config,
         body=body,

@@ -12,7 +12,8 @@ Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it 
 - every iteration trains all depth variants jointly: the loss is the weighted sum of each
   variant's pixel loss (``train.variant_loss_weights``), logged as ``l_pix@<depth>``
   (read from the device only at logging intervals); ``quantsr.amp: bf16 | fp16`` trains
-  under autocast (plus a GradScaler for fp16);
+  under autocast (plus a GradScaler for fp16); with ``quantsr.method: cadyq`` the loss adds
+  CADyQ's bit cost term, logged as ``bit_cost``;
 - validation evaluates every variant; metrics are named ``<metric>@<depth>`` (``psnr@16``),
   each with its own best value, and saved images end in ``_depth<depth>``;
 - checkpoints and training states are written atomically; DDP (on the CPU too) is built
@@ -39,6 +40,7 @@ from qsr_plugin._basicsr_compat import import_basicsr
 from qsr_plugin._distributed import joint_training_ddp
 from qsr_plugin.config import QuantizeConfig
 from qsr_plugin.mixed_precision import MixedPrecision
+from qsr_plugin.sr_training import with_method_loss
 from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
 from .checkpoint import load_checkpoint, read_state_dict, save_atomically
@@ -221,6 +223,8 @@ class QuantSRModel(SRModel):
                 loss = self.cri_pix(self.net_g(self.lq).float(), self.gt)
                 losses[tagged("l_pix", depth)] = loss.detach()
                 total = total + self.variant_weights[depth] * loss
+            total, parts = with_method_loss(self.get_bare_model(self.net_g), total, {})
+            losses.update((name, part.detach()) for name, part in parts.items())
         self.precision.backward_and_step(total, self.optimizer_g)
         self.step_losses = losses
         if self.ema_decay > 0:
