@@ -4,8 +4,9 @@ A small MSRResNet is trained in float on T91 patches (cached, see ``float_cache`
 each method quantizes a copy of it and runs quantization-aware training with the same
 steps, learning rate, batches (same sampler seed) and starting weights:
 
-- qsr_plugin's ``quantsr`` (with DQA: depth variants trained jointly), ``lsq``, ``pams``
-  and ``dorefa``;
+- qsr_plugin's ``quantsr`` (with DQA: depth variants trained jointly), ``lsq``, ``pams``,
+  ``dorefa`` and ``cadyq`` (its weights at the row's bits, its activations at the bits its
+  selectors pick from that width, +2 and +4, averaged over the scored images);
 - PyTorch's QAT (``torch.ao`` FX ``prepare_qat_fx``) and brevitas on the same layers;
 - QuantSR ablations: one depth instead of DQA, straight-through rounding (phi_k=0),
   no learnable shift tau (shift=False).
@@ -27,6 +28,7 @@ from torch import nn
 
 import qsr_plugin
 from qsr_plugin import sr_data, sr_training
+from qsr_plugin.quantizers.cadyq import cadyq_quantizers
 
 from .body_layers import body_layer_names
 from .brevitas_qat import prepare_brevitas
@@ -113,6 +115,7 @@ METHODS = (
     Method("DoReFa", quantize={"method": "dorefa"}),
     Method("torch.ao QAT (prepare_qat_fx)", tool="torch.ao"),
     Method("brevitas", tool="brevitas"),
+    Method("CADyQ", quantize={"method": "cadyq"}),
     Method("QuantSR, one depth (no DQA)", quantize={"method": "quantsr"}, ablation=True),
     Method(
         "QuantSR, one depth, phi straight-through (phi_k=0)",
@@ -142,6 +145,15 @@ def score(run: Callable[[torch.Tensor], torch.Tensor], pairs: dict, scale: int) 
         scores = sr_data.evaluate_sr(run, set_pairs, scale)
         results[name] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
     return results
+
+
+def score_with_bits(model: nn.Module, pairs: dict, scale: int) -> dict:
+    """:func:`score`, plus for a CADyQ model the average bits it used on the images."""
+    if not cadyq_quantizers(model):
+        return score(model, pairs, scale)
+    with qsr_plugin.measure_bits(model) as bits:
+        scores = score(model, pairs, scale)
+    return {**scores, "avg_bits": bits.average, "bits_per_image": bits.per_image}
 
 
 def _evaluation_mode(model: nn.Module, tool: str) -> nn.Module:
@@ -227,7 +239,7 @@ def run_method(
                 "bits": bits,
                 "depth": depth,
                 "train_seconds": seconds,
-                **score(model, pairs, settings.scale),
+                **score_with_bits(model, pairs, settings.scale),
             }
         )
     return rows
@@ -288,6 +300,8 @@ def _cells(row: dict, sets: tuple[str, ...]) -> list[str]:
 
 
 def _bits(row: dict) -> str:
+    if "avg_bits" in row:  # CADyQ: weights at row["bits"], activations as measured
+        return f"{row['bits']} (a: {row['avg_bits']:.2f} avg)"
     return "-" if row["bits"] is None else str(row["bits"])
 
 

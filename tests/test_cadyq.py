@@ -192,3 +192,19 @@ def test_measure_bits_needs_a_cadyq_model():
     bits = qsr_plugin.measure_bits(torch.nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="measure_bits\\(\\): the model has no CADyQ layers"):
         bits.__enter__()
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_row_carries_the_measured_bits(eager_kernels, tmp_path):
+    from benchmarks import accuracy
+
+    settings = accuracy.AccuracySettings(
+        num_feat=8, num_block=2, scale=2, patch=12, batch=2, float_steps=4, float_lr=1e-3,
+        qat_steps=2, qat_lr=1e-4, bits=(2,), calibration_batches=1,
+        train_set="Set5", eval_sets=("Set5",),
+    )  # fmt: skip
+    method = next(m for m in accuracy.METHODS if m.label == "CADyQ")
+    result = accuracy.benchmark(settings, tmp_path, (method,), log=lambda _: None, progress=False)
+    (row,) = result["rows"]
+    assert len(row["bits_per_image"]) == 5 and 2 <= row["avg_bits"] <= 6
+    assert f"| CADyQ | 2 (a: {row['avg_bits']:.2f} avg) |" in accuracy.markdown(result)
