@@ -1,9 +1,10 @@
 """Run the benchmarks and write their results under benchmarks/results/.
 
-Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference|gpu]
+Run: python -m benchmarks.run [--quick] [--only speed|accuracy|inference|gpu|figures]
 ``--quick`` is the short configuration (under 15 minutes on a 2-core CPU); without it, the
 full configuration (hours on a 2-core CPU). ``--only inference`` (deployed ONNX speed,
-:mod:`benchmarks.inference`) and ``--only gpu`` (the CUDA check, :mod:`benchmarks.gpu_check`)
+:mod:`benchmarks.inference`), ``--only gpu`` (the CUDA check, :mod:`benchmarks.gpu_check`)
+and ``--only figures`` (the seed's Figures 3-8 from short runs, :mod:`benchmarks.figures`)
 run only when named. See benchmarks/README.md.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import accuracy, gpu_check, inference, speed
+from . import accuracy, figures, gpu_check, inference, speed
 from .float_cache import DEFAULT_CACHE_DIR
 from .models import MSRRESNET, SWINIR_S
 from .report import RESULTS_DIR, describe, machine, save
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short configuration")
     parser.add_argument(
-        "--only", choices=("speed", "accuracy", "inference", "gpu"), help="run one benchmark"
+        "--only",
+        choices=("speed", "accuracy", "inference", "gpu", "figures"),
+        help="run one benchmark",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         print(written[-1].read_text())
     if args.only == "inference":
         written.append(inference.run(mode, args.results_dir))
+        print(written[-1].read_text())
+    if args.only == "figures":
+        written.append(figures.run(mode, args.results_dir, args.cache_dir))
         print(written[-1].read_text())
     print("wrote", ", ".join(str(path) for path in written))
 
