@@ -7,7 +7,8 @@ as in the accuracy benchmark (same steps, learning rate and batches). Written, a
 - ``phi_gradient.png`` (seed Fig. 3): for every weight quantizer of the QuantSR-C model
   (MSRResNet, ``quantsr`` with DQA, at its deepest variant), the per-element difference
   between the weight gradient with phi (the trained ``phi_k``) and with straight-through
-  rounding (``phi_k = 0`` in every quantizer), on the same batch, as a box plot per layer;
+  rounding (``phi_k = 0`` in every quantizer), on the same batch, divided by the layer's
+  mean straight-through gradient magnitude, as a box plot per layer;
 - ``features.png`` (seed Fig. 4): the body's output (a few channels, those that vary most in
   the float model) on a centre crop of the first evaluation image, for the float model and
   each method of ``feature_methods`` at each bit width;
@@ -59,7 +60,7 @@ class FigureSettings:
     methods: tuple[str, ...]
     feature_methods: tuple[str, ...] = ("DoReFa", PHI_METHOD)
     channels: int = 4
-    feature_crop: int = 64
+    feature_crop: int = 48
     crop: int = 32
 
 
@@ -117,12 +118,13 @@ def train(
 # -- Figure 3: phi's effect on the weight gradients -----------------------------------------
 def phi_gradient_differences(
     model: nn.Module, lr: torch.Tensor, hr: torch.Tensor
-) -> dict[str, np.ndarray]:
+) -> dict[str, tuple[np.ndarray, float]]:
     """Per weight quantizer: weight gradient with phi minus with straight-through rounding.
 
     Both gradients come from the L1 loss on the same batch, at the deepest depth variant,
     in training mode; every quantizer's ``phi_k`` is set to 0 for the second pass and
-    restored afterwards.
+    restored afterwards. Returns, per layer, the per-element differences and the mean
+    magnitude of the straight-through gradient (the scale the figure divides by).
     """
     quantizers = quantizers_of(model)
     layers = {
@@ -150,29 +152,39 @@ def phi_gradient_differences(
             quantizer.phi_k = original[name]
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return {name: (with_phi[name] - straight[name]).flatten().numpy() for name in layers}
+    return {
+        name: (
+            (with_phi[name] - straight[name]).flatten().numpy(),
+            float(straight[name].abs().mean()),
+        )
+        for name in layers
+    }
 
 
-def plot_phi_gradient(differences: dict[str, np.ndarray], bits: int, path: Path) -> Path:
-    """Box plot of each layer's per-element gradient difference."""
+def plot_phi_gradient(
+    differences: dict[str, tuple[np.ndarray, float]], bits: int, path: Path
+) -> Path:
+    """Box plot per layer of the per-element gradient differences, each divided by the
+    layer's mean straight-through gradient magnitude (so layers of any scale compare)."""
     from matplotlib.figure import Figure
 
     names = list(differences)
     figure = Figure(figsize=(max(6.0, 0.45 * len(names) + 2), 4.2))
     ax = figure.subplots()
-    ax.boxplot([differences[n] for n in names], showfliers=False)
+    relative = [d / scale if scale > 0 else d for d, scale in differences.values()]
+    ax.boxplot(relative, showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), [n.removeprefix("body.") for n in names])
     ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("weight quantizer (layer)")
-    ax.set_ylabel("grad with phi - grad straight-through")
+    ax.set_ylabel("(grad with phi - grad STE) / mean|grad STE|", fontsize=8)
     ax.set_title(
         f"Effect of phi on the weight gradients, QuantSR-C {bits}-bit (MSRResNet), one batch\n"
         "per-element difference; boxes: quartiles, whiskers: 1.5 IQR",
         fontsize=9,
     )
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=90)
+    figure.savefig(path, format="png", dpi=80)
     return path
 
 
@@ -198,7 +210,7 @@ def plot_features(
     from matplotlib.figure import Figure
 
     rows = list(features)
-    figure = Figure(figsize=(1.9 * len(channels) + 1.4, 1.8 * len(rows) + 0.6))
+    figure = Figure(figsize=(1.5 * len(channels) + 1.2, 1.45 * len(rows) + 0.5))
     axes = figure.subplots(len(rows), len(channels), squeeze=False)
     for r, label in enumerate(rows):
         for c, channel in enumerate(channels):
@@ -211,10 +223,10 @@ def plot_features(
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
     figure.suptitle(
-        f"Body output features on a crop of {image} (each panel scaled to its range)", fontsize=9
+        f"Body output features on a crop of {image} (each panel scaled to its range)", fontsize=8
     )
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=80)
+    figure.savefig(path, format="png", dpi=64)
     return path
 
 
@@ -242,7 +254,7 @@ def plot_comparison(panels: list[list[tuple[str, np.ndarray]]], title: str, path
                 ax.set_title(label, fontsize=7)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=80)
+    figure.savefig(path, format="png", dpi=72)
     return path
 
 
@@ -371,8 +383,12 @@ def figures(
         "images": [name for name, _, _ in pairs],
         "cadyq_bits": {f"{label} {bits}": values for (label, bits), values in cadyq_bits.items()},
         "phi_gradient": {
-            layer: {"mean_abs": float(np.abs(d).mean()), "max_abs": float(np.abs(d).max())}
-            for layer, d in differences.items()
+            layer: {
+                "mean_abs": float(np.abs(d).mean()),
+                "max_abs": float(np.abs(d).max()),
+                "straight_through_mean_abs": scale,
+            }
+            for layer, (d, scale) in differences.items()
         },
     }
 
