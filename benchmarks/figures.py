@@ -2,7 +2,9 @@
 
 One float MSRResNet is trained on T91 (or loaded from the float cache), then each method of
 :data:`benchmarks.accuracy.METHODS` named in ``methods`` is trained from it at 2 and 4 bits,
-as in the accuracy benchmark (same steps, learning rate and batches). Written, as PNGs:
+as in the accuracy benchmark (same steps, learning rate and batches): qsr_plugin's methods
+in the quick mode, every method of the comparison (torch.ao and brevitas too) in the full
+mode. Written, as PNGs:
 
 - ``phi_gradient.png`` (seed Fig. 3): for every weight quantizer of the QuantSR-C model
   (MSRResNet, ``quantsr`` with DQA, at its deepest variant), the per-element difference
@@ -65,6 +67,7 @@ class FigureSettings:
 
 
 COMPARED = (PHI_METHOD, "LSQ", "PAMS", "DoReFa", "CADyQ")
+SHORT_NAMES = {PHI_METHOD: "QuantSR-C", "torch.ao QAT (prepare_qat_fx)": "torch.ao QAT"}
 QUICK = FigureSettings(
     training=accuracy.AccuracySettings(
         num_feat=16, num_block=4, scale=2, patch=24, batch=8,
@@ -73,7 +76,9 @@ QUICK = FigureSettings(
     ),
     methods=COMPARED,
 )  # fmt: skip
-FULL = FigureSettings(training=accuracy.FULL, methods=COMPARED)
+FULL = FigureSettings(
+    training=accuracy.FULL, methods=tuple(m.label for m in accuracy.METHODS if not m.ablation)
+)
 
 
 def check_settings(settings: FigureSettings) -> None:
@@ -259,8 +264,7 @@ def plot_comparison(panels: list[list[tuple[str, np.ndarray]]], title: str, path
 
 
 def _label(label: str, bits: int, psnr: float, measured_bits: float | None) -> str:
-    name = "QuantSR-C" if label == PHI_METHOD else label
-    text = f"{name} {bits}-bit"
+    text = f"{SHORT_NAMES.get(label, label)} {bits}-bit"
     if measured_bits is not None:
         text += f" (a: {measured_bits:.1f})"
     return f"{text}\n{psnr:.2f} dB"
@@ -329,7 +333,7 @@ def figures(
     features = {"float": body_output(float_model, body_path, lr_tensor)}
     for label in settings.feature_methods:
         for bits in training.bits:
-            name_bits = f"{'QuantSR-C' if label == PHI_METHOD else label} {bits}-bit"
+            name_bits = f"{SHORT_NAMES.get(label, label)} {bits}-bit"
             features[name_bits] = body_output(models[label, bits], body_path, lr_tensor)
     spread = features["float"][0].flatten(1).std(dim=1)
     channels = spread.argsort(descending=True)[: settings.channels].tolist()

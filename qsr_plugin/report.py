@@ -7,11 +7,10 @@ count in full), and ``max(weight bits, activation bits)`` for the layer's operat
 layer whose activations stay in float counts its operations in full. A CADyQ layer's
 activation bits are the average it used on the images run inside
 :func:`qsr_plugin.measure_bits` (its bit selector's parameters count as quantizer
-parameters). Operations are
-multiply-accumulates of Conv2d and Linear layers (see :mod:`qsr_plugin.cost_count`); the
-matrix products between activations (SwinIR's ``q @ k^T`` and ``attn @ v``), which
-``quantize()`` leaves in float, are listed in their own column at full cost, because the
-paper's figures leave them out.
+parameters). Operations are multiply-accumulates of Conv2d and Linear layers (see
+:mod:`qsr_plugin.cost_count`); the matrix products between activations (SwinIR's
+``q @ k^T`` and ``attn @ v``), which ``quantize()`` leaves in float, are listed in their own
+column at full cost, because the paper's figures leave them out.
 
 Rows: the float model (the body's original blocks, every layer in float, no quantizer
 parameters) and each depth variant of the quantized model (its blocks only). Reductions are
@@ -294,7 +293,9 @@ def report(
 
     Raises:
         ValueError: the model was never quantized, ``input_size`` is not a tuple of
-            positive ints, or the model does not run on it.
+            positive ints, or the model does not run on it; a CADyQ model with
+            ``saved_file`` (it has no fixed integer form) or whose bits were never
+            measured (:func:`qsr_plugin.measure_bits`).
         RuntimeError: with ``saved_file``, a quantizer was never initialised (pass
             ``saved_file=False`` to count only).
 
