@@ -419,4 +419,8 @@ def run(mode: str, results_dir: Path, cache_dir: Path) -> Path:
     """The figures of ``mode`` (``quick`` or ``full``) under ``results_dir/figures_<mode>``."""
     settings = QUICK if mode == "quick" else FULL
     result = figures(settings, results_dir / f"figures_{mode}", cache_dir)
+    result["figures"] = {
+        key: Path(path).relative_to(results_dir).as_posix()
+        for key, path in result["figures"].items()
+    }
     return save(f"figures_{mode}", result, markdown(result), results_dir)
