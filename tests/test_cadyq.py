@@ -167,6 +167,7 @@ def test_higher_cost_weight_gives_fewer_bits(sampler, set5):
 
 
 # -- measuring, reporting, refusing ---------------------------------------------------------
+@pytest.mark.slow
 def test_report_counts_the_measured_bits_and_deployment_refuses(sampler, set5):
     model = cadyq_model(sampler).eval()
     with pytest.raises(ValueError, match="measure them on the evaluation images first"):
