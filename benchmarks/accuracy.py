@@ -7,7 +7,9 @@ learning rate, batches (same sampler seed) and starting weights:
 - qsr_plugin's ``quantsr`` with DQA (the body grown to twice its depth, variants 2N, N and
   N/2 trained jointly) under the ``spread`` and the ``importance`` depth policies, with
   and without distillation from the float model; ``quantsr`` at one depth, with and
-  without distillation; ``lsq`` with and without distillation; ``pams`` and ``dorefa``;
+  without distillation; ``lsq`` with and without distillation; ``pams``, ``dorefa`` and
+  ``cadyq`` (its weights at the row's bits, its activations at the bits its selectors pick
+  from that width, +2 and +4, averaged over the scored images);
 - PyTorch's QAT (``torch.ao`` FX ``prepare_qat_fx``) and brevitas on the same layers;
 - QuantSR ablations at one depth: straight-through rounding (phi_k=0), no learnable
   shift tau (shift=False).
@@ -33,6 +35,7 @@ from torch import nn
 
 import qsr_plugin
 from qsr_plugin import sr_data, sr_training
+from qsr_plugin.quantizers.cadyq import cadyq_quantizers
 
 from .body_layers import body_layer_names
 from .brevitas_qat import prepare_brevitas
@@ -128,6 +131,7 @@ METHODS = (
     Method("DoReFa", quantize={"method": "dorefa"}),
     Method("torch.ao QAT (prepare_qat_fx)", tool="torch.ao"),
     Method("brevitas", tool="brevitas"),
+    Method("CADyQ", quantize={"method": "cadyq"}),
     Method(
         "QuantSR, one depth, phi straight-through (phi_k=0)",
         quantize={"method": "quantsr", "phi_k": 0.0},
@@ -156,6 +160,15 @@ def score(run: Callable[[torch.Tensor], torch.Tensor], pairs: dict, scale: int) 
         scores = sr_data.evaluate_sr(run, set_pairs, scale)
         results[name] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
     return results
+
+
+def score_with_bits(model: nn.Module, pairs: dict, scale: int) -> dict:
+    """:func:`score`, plus for a CADyQ model the average bits it used on the images."""
+    if not cadyq_quantizers(model):
+        return score(model, pairs, scale)
+    with qsr_plugin.measure_bits(model) as bits:
+        scores = score(model, pairs, scale)
+    return {**scores, "avg_bits": bits.average, "bits_per_image": bits.per_image}
 
 
 def _evaluation_mode(model: nn.Module, tool: str) -> nn.Module:
@@ -244,7 +257,7 @@ def run_method(
                 "depth": depth,
                 "train_seconds": seconds,
                 **_plan_of(model, depth, method),
-                **score(model, pairs, settings.scale),
+                **score_with_bits(model, pairs, settings.scale),
             }
         )
     return rows
@@ -329,6 +342,8 @@ def _cells(row: dict, sets: tuple[str, ...]) -> list[str]:
 
 
 def _bits(row: dict) -> str:
+    if "avg_bits" in row:  # CADyQ: weights at row["bits"], activations as measured
+        return f"{row['bits']} (a: {row['avg_bits']:.2f} avg)"
     return "-" if row["bits"] is None else str(row["bits"])
 
 

@@ -30,6 +30,7 @@ from . import (
     basicsr_iteration,
     compare_kernels,
     deployment_figures,
+    figures,
     freeze_speed,
     gpu_check,
     inference,
@@ -46,6 +47,7 @@ BENCHMARKS = {
     "basicsr_iteration": basicsr_iteration,
     "compare_kernels": compare_kernels,
     "deployment_figures": deployment_figures,
+    "figures": figures,
     "freeze_speed": freeze_speed,
     "layer_overhead": layer_overhead,
 }

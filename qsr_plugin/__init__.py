@@ -15,7 +15,14 @@ from .calibration import calibrate
 from .config import QuantizeConfig, QuantSpec
 from .export import export_onnx, freeze, load, save
 from .layers import QuantConv2d, QuantLinear
-from .quantizers import Quantizer, list_methods, register_method
+from .quantizers import (
+    BitMeasurement,
+    Quantizer,
+    bit_cost_loss,
+    list_methods,
+    measure_bits,
+    register_method,
+)
 from .quantizers._kernels import use_compiled_kernels
 from .report import report
 from .rewrite.quantize import dequantize, quantization_record, quantize
@@ -33,6 +40,7 @@ install_legacy_alias()  # `from basicsr... import` then works on current torchvi
 drop_no_cuda_runtime_warning()  # printed by torch.compile on CPU machines with nvcc
 
 __all__ = [
+    "BitMeasurement",
     "QuantConv2d",
     "QuantLinear",
     "QuantSpec",
@@ -40,6 +48,7 @@ __all__ = [
     "Quantizer",
     "__version__",
     "active_depth",
+    "bit_cost_loss",
     "calibrate",
     "depth_variants",
     "dequantize",
@@ -49,6 +58,7 @@ __all__ = [
     "joint_variant_loss",
     "list_methods",
     "load",
+    "measure_bits",
     "quantization_record",
     "quantize",
     "register_method",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from ._validation import check_bits, check_keys
+from ._validation import FLOAT_BITS, check_bits, check_keys
+from .quantizers.cadyq import check_candidate_bits, check_cost_weight
 from .quantizers.learned_step import check_phi_k
 from .quantizers.registry import get_method, list_methods
 from .rewrite.depth import POLICIES
@@ -47,13 +48,19 @@ class QuantSpec(DictConfig):
     """How to quantize one Conv2d or Linear layer.
 
     Attributes:
-        method: a registered method name (``quantsr``, ``lsq``, ``dorefa``, ``pams``).
+        method: a registered method name (``quantsr``, ``lsq``, ``dorefa``, ``pams``,
+            ``cadyq``).
         weight_bits: weight bit width, 2..8, or 32 to keep weights in float.
-        act_bits: input-activation bit width, 2..8, or 32 to keep activations in float.
+        act_bits: input-activation bit width, 2..8, or 32 to keep activations in float
+            (``cadyq``: the lowest default candidate).
         per_channel: one weight step per output channel instead of per tensor.
         phi_k: sharpness k of QuantSR's redistribution function (``quantsr`` only;
             default 1.0; 0 gives straight-through rounding).
         shift: learn QuantSR's activation shift tau (``quantsr`` only; default True).
+        candidate_bits: the activation bit widths CADyQ's selector chooses from, each in
+            2..8 (``cadyq`` only; default ``act_bits``, ``+2``, ``+4`` capped at 8).
+        cost_weight: weight of CADyQ's bit cost term in the training loss, >= 0
+            (``cadyq`` only; default 0.05).
 
     Example:
         >>> QuantSpec(weight_bits=2, act_bits=4).method
@@ -66,6 +73,8 @@ class QuantSpec(DictConfig):
     per_channel: bool = False
     phi_k: float | None = None
     shift: bool | None = None
+    candidate_bits: tuple[int, ...] | None = None
+    cost_weight: float | None = None
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -77,6 +86,15 @@ class QuantSpec(DictConfig):
             check_phi_k(self.phi_k)
         if self.shift is not None and not isinstance(self.shift, bool):
             raise ValueError(f"shift must be True, False or None, got {self.shift!r}")
+        if self.candidate_bits is not None:
+            object.__setattr__(self, "candidate_bits", check_candidate_bits(self.candidate_bits))
+        if self.cost_weight is not None:
+            check_cost_weight(self.cost_weight)
+        if self.method == "cadyq" and self.act_bits == FLOAT_BITS:
+            raise ValueError(
+                "act_bits=32 keeps activations in float, but method='cadyq' quantizes them at "
+                "the bits its selector picks; give act_bits in 2..8 or another method"
+            )
         for option, value in self.options().items():
             if option not in method.options and value not in (None, False):
                 raise ValueError(
@@ -87,7 +105,13 @@ class QuantSpec(DictConfig):
 
     def options(self) -> dict[str, Any]:
         """The optional settings that were given (not None)."""
-        given = {"phi_k": self.phi_k, "shift": self.shift, "per_channel": self.per_channel}
+        given = {
+            "phi_k": self.phi_k,
+            "shift": self.shift,
+            "per_channel": self.per_channel,
+            "candidate_bits": self.candidate_bits,
+            "cost_weight": self.cost_weight,
+        }
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -124,10 +148,12 @@ class QuantizeConfig(DictConfig):
         bits: weight and activation bits (2..8, or 32 for float), unless set separately.
         weight_bits: weight bits; None means ``bits``.
         act_bits: activation bits; None means ``bits``.
-        method: quantization method (``quantsr``, ``lsq``, ``dorefa``, ``pams``).
+        method: quantization method (``quantsr``, ``lsq``, ``dorefa``, ``pams``, ``cadyq``).
         per_channel: one weight step per output channel.
         phi_k: sharpness of QuantSR's redistribution function (``quantsr`` only).
         shift: learn QuantSR's activation shift tau (``quantsr`` only).
+        candidate_bits: CADyQ's candidate activation bit widths (``cadyq`` only).
+        cost_weight: weight of CADyQ's bit cost term (``cadyq`` only).
         depth_variants: depths of the body that share one set of weights, e.g. [4, 2, 1];
             None for no depth switching. A depth above the body's grows the body.
         depth_policy: which blocks a variant runs: ``"spread"``, ``"prefix"`` or
@@ -152,6 +178,8 @@ class QuantizeConfig(DictConfig):
     per_channel: bool = False
     phi_k: float | None = None
     shift: bool | None = None
+    candidate_bits: tuple[int, ...] | None = None
+    cost_weight: float | None = None
     depth_variants: tuple[int, ...] | None = None
     depth_policy: str = "spread"
     depth_members: dict[int, tuple[int, ...]] | None = None
@@ -162,7 +190,8 @@ class QuantizeConfig(DictConfig):
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "bits")
-        self.layer_spec()  # validates method, bits and method options
+        spec = self.layer_spec()  # validates method, bits and method options
+        object.__setattr__(self, "candidate_bits", spec.candidate_bits)
         if self.depth_variants is not None:
             depths = _int_tuple(self.depth_variants, "depth_variants")
             if not depths:
@@ -199,4 +228,6 @@ class QuantizeConfig(DictConfig):
             per_channel=self.per_channel,
             phi_k=self.phi_k,
             shift=self.shift,
+            candidate_bits=self.candidate_bits,
+            cost_weight=self.cost_weight,
         )

@@ -4,11 +4,13 @@ Convention (QuantSR supplementary, section 1.3): a quantized layer counts ``b/32
 full-precision parameters and operations. Here ``b`` is the weight bit width for the layer's
 weight parameters (biases, quantizer steps and shifts, shortcut scales and every float layer
 count in full), and ``max(weight bits, activation bits)`` for the layer's operations, so a
-layer whose activations stay in float counts its operations in full. Operations are
-multiply-accumulates of Conv2d and Linear layers (see :mod:`qsr_plugin.cost_count`); the
-matrix products between activations (SwinIR's ``q @ k^T`` and ``attn @ v``), which
-``quantize()`` leaves in float, are listed in their own column at full cost, because the
-paper's figures leave them out.
+layer whose activations stay in float counts its operations in full. A CADyQ layer's
+activation bits are the average it used on the images run inside
+:func:`qsr_plugin.measure_bits` (its bit selector's parameters count as quantizer
+parameters). Operations are multiply-accumulates of Conv2d and Linear layers (see
+:mod:`qsr_plugin.cost_count`); the matrix products between activations (SwinIR's
+``q @ k^T`` and ``attn @ v``), which ``quantize()`` leaves in float, are listed in their own
+column at full cost, because the paper's figures leave them out.
 
 Rows: the float model (the body's original blocks, every layer in float, no quantizer
 parameters) and each depth variant of the quantized model (its blocks only). Reductions are
@@ -33,7 +35,7 @@ from ._validation import FLOAT_BITS
 from .cost_count import ForwardCost, count_forward
 from .export.quantized_layers import quantized_layers, require_deployable, require_quantized
 from .export.safetensors_io import save, unique_state
-from .quantizers import quantizers_of
+from .quantizers import CADyQActivationQuantizer, quantizers_of
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.input_size import fixed_input_size
 from .rewrite.quantize import dequantize, quantization_record
@@ -132,8 +134,24 @@ def _reduction(value: float, reference: float) -> str:
     return f"↓ {100 * (1 - value / reference):.1f}%"
 
 
-def _bits_text(weight_bits: int, act_bits: int) -> str:
+def _bits_text(weight_bits: int, act_bits: float) -> str:
+    if isinstance(act_bits, float):  # CADyQ: the measured average
+        return f"{weight_bits}/{act_bits:.2f} (measured average)"
     return f"{weight_bits}/{act_bits}"
+
+
+def _activation_bits(name: str, layer: nn.Module) -> float:
+    """A layer's activation bits: its setting, or for CADyQ the average measured on images."""
+    quantizer = layer.act_quant
+    if not isinstance(quantizer, CADyQActivationQuantizer):
+        return layer.spec.act_bits
+    if quantizer.measured_bits is None:
+        raise ValueError(
+            f"report(): {name} uses method 'cadyq', whose activation bits depend on the "
+            "input; measure them on the evaluation images first (with "
+            "qsr_plugin.measure_bits(model): run the images), then call report()"
+        )
+    return quantizer.measured_bits
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,7 @@ class _LayerBits:
             quantizers = [q for q in (layer.act_quant, layer.weight_quant) if q is not None]
             bits[name] = (
                 FLOAT_BITS if layer.weight_quant is None else layer.spec.weight_bits,
-                FLOAT_BITS if layer.act_quant is None else layer.spec.act_bits,
+                FLOAT_BITS if layer.act_quant is None else _activation_bits(name, layer),
             )
             quantizer_params[name] = sum(p.numel() for q in quantizers for p in q.parameters())
         return cls(bits, quantizer_params)
@@ -158,7 +176,7 @@ class _LayerBits:
     def weighted(self, model: nn.Module, cost: ForwardCost) -> tuple[float, float]:
         """``(params, ops)`` of a pass of ``model`` counted with quantized layers at b/32.
 
-        The shortcut scales and gates of depth-switchable bodies count in full (a body the
+        The shortcut and residual scales of depth-switchable bodies count in full (a body the
         model iterates instead of calling does not show up among the modules that ran).
         """
         dqa = {
@@ -182,6 +200,14 @@ class _LayerBits:
             ops += call.macs * bits / FLOAT_BITS
         return params, ops
 
+    def activation_bits(self, cost: ForwardCost, act_bits: int) -> float | int:
+        """``act_bits``, or for CADyQ the measured bits averaged over the layers that ran."""
+        measured = [
+            self.bits[call.name][1]
+            for call in cost.layers
+            if call.name in self.bits and isinstance(self.bits[call.name][1], float)
+        ]
+        return sum(measured) / len(measured) if measured else act_bits
 
 def b32_limit(model: nn.Module) -> int:
     """Bytes of ``model``'s parameters and buffers at b/32, without any file header.
@@ -250,7 +276,9 @@ def report(
 
     Raises:
         ValueError: the model was never quantized, ``input_size`` is not a tuple of
-            positive ints, or the model does not run on it.
+            positive ints, or the model does not run on it; a CADyQ model with
+            ``saved_file`` (it has no fixed integer form) or whose bits were never
+            measured (:func:`qsr_plugin.measure_bits`).
         RuntimeError: with ``saved_file``, a quantizer was never initialised (pass
             ``saved_file=False`` to count only).
 
@@ -284,7 +312,7 @@ def report(
                 cost = _count(counted, input_size, type(model).__name__)
             blocks = depth
         params, ops = layer_bits.weighted(counted, cost)
-        bits = _bits_text(spec.weight_bits, spec.act_bits)
+        bits = _bits_text(spec.weight_bits, layer_bits.activation_bits(cost, spec.act_bits))
         rows.append(EfficiencyRow(label, bits, blocks, params, ops, float(cost.product_macs)))
     float_model = dequantize(copy.deepcopy(model)).eval()
     float_cost = _count(float_model, input_size, type(model).__name__)

@@ -29,6 +29,7 @@ from torch import nn
 from .calibration import calibrate
 from .distillation import DistillConfig, FloatTeacher
 from .mixed_precision import MixedPrecision
+from .quantizers.cadyq import bit_cost_loss
 from .rewrite.depth import depth_switchable_bodies
 from .rewrite.importance import (
     MEASURE_BATCHES,
@@ -40,6 +41,7 @@ from .rewrite.variants import joint_variant_losses, variant_depths, variant_weig
 from .sr_data import PatchSampler
 
 FLOAT_LOSS_KEY = "float"
+BIT_COST_KEY = "bit_cost"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class StepReport:
         step: steps completed so far (1 after the first step).
         total: steps in the run.
         loss: the loss that was back-propagated (for QAT: the weighted sum over depths).
-        losses: each part of it: ``{"float": ...}``, or ``{"d16": ..., "d8": ...}`` for QAT.
+        losses: each part of it: ``{"float": ...}``, or ``{"d16": ..., "d8": ...}`` for QAT,
+            plus ``"bit_cost"`` for a CADyQ model (:func:`with_method_loss`).
         lr: the learning rate the step used.
     """
 
@@ -192,6 +195,21 @@ def train_float(
     return _run(model, sampler, steps, batch_size, lr, loss_of_batch, callbacks)
 
 
+def with_method_loss(
+    model: nn.Module, total: torch.Tensor, parts: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``total`` plus the loss term of the model's quantization method, and ``parts`` with it.
+
+    The one place where training loops (:func:`train_qat`, the BasicSR ``QuantSRModel``)
+    add a method's own term: CADyQ's bit cost (:func:`qsr_plugin.bit_cost_loss`) under
+    ``"bit_cost"``. Other methods have none and pass through unchanged.
+    """
+    cost = bit_cost_loss(model)
+    if cost is None:
+        return total, parts
+    return total + cost, {**parts, BIT_COST_KEY: cost}
+
+
 def depth_key(depth: int) -> str:
     """The key of a depth variant in :attr:`StepReport.losses` (``"d16"`` for 16 blocks)."""
     return f"d{depth}"
@@ -217,6 +235,7 @@ def train_qat(
     Each step runs every depth variant on the same batch and back-propagates the weighted
     sum of their L1 losses (:func:`qsr_plugin.joint_variant_loss`; equal weights by
     default, as in QuantSR). A model without depth variants trains on its plain L1 loss.
+    A CADyQ model adds its bit cost term (:func:`with_method_loss`).
     Quantizers should be initialised first (:func:`calibrate_from_sampler`); otherwise the
     first batch initialises them. A body quantized with ``depth_policy="importance"`` is
     re-planned before the steps at :data:`qsr_plugin.rewrite.importance.REPLAN_FRACTIONS`
@@ -269,7 +288,8 @@ def train_qat(
         total, parts = joint_variant_losses(
             model, lr_batch, hr_batch, F.l1_loss, weights, float_teacher
         )
-        return total, {_loss_key(d): sum(p.values()) for d, p in parts.items()}
+        losses = {_loss_key(d): sum(p.values()) for d, p in parts.items()}
+        return with_method_loss(model, total, losses)
 
     special = None
     if shortcut_lr is not None:

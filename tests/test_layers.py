@@ -155,7 +155,7 @@ def test_per_channel_is_refused_for_dorefa():
 
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(
-        ValueError, match="method must be one of 'dorefa', 'lsq', 'pams', 'quantsr'"
+        ValueError, match="method must be one of 'cadyq', 'dorefa', 'lsq', 'pams', 'quantsr'"
     ):
         QuantSpec(method="lsq+")
 

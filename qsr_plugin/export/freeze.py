@@ -71,7 +71,7 @@ def freeze(model: nn.Module, depth: int | None = None) -> nn.Module:
     """An inference-only copy of a quantized model that runs one depth variant.
 
     The copy keeps only the blocks that ``depth`` runs (in execution order, with their
-    shortcut scales and gates applied), quantizes every weight once (stored as the
+    shortcut and residual scales applied), quantizes every weight once (stored as the
     dequantized float weight, with the integer codes and step beside it), and keeps
     activation quantization. In eval mode it computes exactly what ``model`` computes at
     that depth, without re-quantizing weights on every call. It refuses to run in training

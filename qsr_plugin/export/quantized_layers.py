@@ -6,6 +6,7 @@ and a code range, so ``round(clip(w / s, Qn, Qp))`` are the weight's integer cod
 ``codes * s`` reproduces the quantized weight bit for bit. ``pams`` recomputes its weight
 scale from the float weights at every step and ``dorefa`` normalises them with tanh, so their
 codes do not determine the layer; they are training baselines and are refused here.
+``cadyq`` picks its activation bit width per input image, so it is refused as well.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def require_deployable(model: nn.Module, caller: str) -> None:
         RuntimeError: a quantizer was never initialised; the message names it.
     """
     for name, layer in quantized_layers(model):
+        if layer.spec.method == "cadyq":
+            raise ValueError(
+                f"{caller}: {name} uses method 'cadyq', whose activation bit width its "
+                "selector picks per input image, so the layer has no fixed integer form to "
+                "save, freeze or export; evaluate it fake-quantized (report(model, "
+                "saved_file=False) counts it at the bits measured by measure_bits)"
+            )
         if layer.spec.method not in DEPLOYABLE_METHODS:
             raise ValueError(
                 f"{caller}: {name} uses method {layer.spec.method!r}; deployment supports the "

@@ -5,8 +5,8 @@ What the file holds (``save``):
 - the quantized layers' weights as signed integer codes, bit-packed, and their quantizers'
   steps, shifts and signedness, as five tables (see :mod:`qsr_plugin.export.layer_tables`);
 - every other parameter and buffer of ``model.state_dict()`` as it is, under its key: biases
-  and float layers, DQA shortcut scales and gates, norms. A tensor that several keys share
-  (tied weights) is stored once;
+  and float layers, DQA shortcut and residual scales and depth plans, norms. A tensor that
+  several keys share (tied weights) is stored once;
 - buffers that a model's constructor rebuilds from its settings (``DERIVED_BUFFER_NAMES``:
   SwinIR's relative position indices and attention masks, often larger than the weights)
   as SHA-256 digests only; loading checks that the target model's buffers match;

@@ -28,6 +28,17 @@ def _symmetric_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+def pams_activation_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """PAMS' activation fake quantization of ``x`` with clipping bound ``alpha`` (see above).
+
+    ``alpha`` is a 0-dim tensor or broadcasts over ``x`` (one bound per sample).
+    """
+    scale = alpha.detach() / _symmetric_levels(bits)
+    clipped = torch.minimum(torch.maximum(widened(x), -alpha), alpha)
+    # The whole rounding step is straight-through, so alpha only gets the clip gradient.
+    return (clipped + ((clipped / scale).round() * scale - clipped).detach()).to(x.dtype)
+
+
 class PAMSActivationQuantizer(Quantizer):
     """PAMS activation quantizer with a learnable clipping bound ``alpha``."""
 
@@ -42,10 +53,7 @@ class PAMSActivationQuantizer(Quantizer):
         self.alpha.copy_(self._floor_step(statistics["max_abs"], MIN_BOUND))
 
     def quantize(self, x):
-        scale = self.alpha.detach() / _symmetric_levels(self.bits)
-        clipped = torch.minimum(torch.maximum(widened(x), -self.alpha), self.alpha)
-        # The whole rounding step is straight-through, so alpha only gets the clip gradient.
-        return (clipped + ((clipped / scale).round() * scale - clipped).detach()).to(x.dtype)
+        return pams_activation_quantize(x, self.alpha, self.bits)
 
 
 class PAMSWeightQuantizer(Quantizer):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .base import Quantizer
+from .cadyq import DEFAULT_COST_WEIGHT, CADyQActivationQuantizer, default_candidate_bits
 from .dorefa import DoReFaActivationQuantizer, DoReFaWeightQuantizer
 from .learned_step import LearnedStepActivationQuantizer, LearnedStepWeightQuantizer
 from .pams import PAMSActivationQuantizer, PAMSWeightQuantizer
@@ -25,8 +26,8 @@ class QuantMethod:
         summary: one line for listings.
         make_activation: factory for the input-activation quantizer of a layer.
         make_weight: factory for the weight quantizer of a layer.
-        options: names of the optional settings (``phi_k``, ``shift``, ``per_channel``)
-            the method honours; others are refused.
+        options: names of the optional settings (``phi_k``, ``shift``, ``per_channel``,
+            ``candidate_bits``, ``cost_weight``) the method honours; others are refused.
     """
 
     name: str
@@ -110,5 +111,21 @@ register_method(
             bits, o.get("per_channel", False)
         ),
         options=frozenset({"per_channel"}),
+    )
+)
+register_method(
+    QuantMethod(
+        name="cadyq",
+        summary="CADyQ: per-image activation bits chosen by a trained selector, PAMS grids",
+        make_activation=lambda bits, channels, dim, o: CADyQActivationQuantizer(
+            o.get("candidate_bits") or default_candidate_bits(bits),
+            channels,
+            dim,
+            o.get("cost_weight", DEFAULT_COST_WEIGHT),
+        ),
+        make_weight=lambda bits, channels, wdim, o: PAMSWeightQuantizer(
+            bits, o.get("per_channel", False)
+        ),
+        options=frozenset({"candidate_bits", "cost_weight", "per_channel"}),
     )
 )

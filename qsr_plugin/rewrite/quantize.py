@@ -15,6 +15,7 @@ from .._wrappers import unwrap
 from ..calibration import name_quantizers
 from ..config import QuantizeConfig
 from ..layers import COMPUTE_TYPES, layer_types
+from ..quantizers.cadyq import cadyq_quantizers, install_image_score_hooks
 from ._module_state import preserved_module_state
 from .analysis import ModelAnalysis, analyze, existing_quantized_layers
 from .body import Body, detect_body, resolve_body
@@ -277,6 +278,8 @@ def quantize(
             stacklevel=2,
         )
     name_quantizers(model)
+    if cadyq_quantizers(model):
+        install_image_score_hooks(model)
     model.__dict__[RECORD_ATTRIBUTE] = QuantizationRecord(
         config=config,
         body=body,

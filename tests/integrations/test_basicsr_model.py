@@ -165,6 +165,24 @@ def test_without_depth_variants_names_are_basicsr_s(workdir):
     assert set(model.metric_results) == {"psnr", "ssim"}
 
 
+@pytest.mark.slow
+def test_cadyq_trains_with_its_bit_cost_and_validates(workdir):
+    options = read_option_file(SMOKE_RECIPE)
+    del options["quantsr"]["depth_variants"]
+    del options["train"]["variant_loss_weights"]
+    options["quantsr"].update(method="cadyq", candidate_bits=[4, 8], cost_weight=0.1)
+    parsed = parse(workdir, options)
+    model = build_model(parsed)
+    net = model.get_bare_model(model.net_g)
+    selector = net.body[0].conv1.act_quant.selector.weight.detach().clone()
+    model.feed_data(first_batch(parsed))
+    model.optimize_parameters(1)
+    assert list(model.get_current_log()) == ["l_pix", "bit_cost"]
+    assert not torch.equal(selector, net.body[0].conv1.act_quant.selector.weight)
+    model.validation(val_loader(parsed), current_iter=1, tb_logger=None, save_img=False)
+    assert set(model.metric_results) == {"psnr", "ssim"}
+
+
 def test_depth_variants_on_an_arch_without_body_name_the_setting(workdir):
     options = read_option_file(SMOKE_RECIPE)
     options["network_g"] = {"type": "SRVGGNetCompact", "num_feat": 16, "num_conv": 4, "upscale": 4}

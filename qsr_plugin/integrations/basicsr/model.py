@@ -16,7 +16,8 @@ Registered in BasicSR's ``MODEL_REGISTRY`` on import, so option files select it 
   ``quantsr.distill`` section each variant also learns from the float teacher
   (:mod:`qsr_plugin.distillation`; ``l_distill_output@<depth>``,
   ``l_distill_features@<depth>``); ``quantsr.amp: bf16 | fp16`` trains under autocast
-  (plus a GradScaler for fp16);
+  (plus a GradScaler for fp16); with ``quantsr.method: cadyq`` the loss adds CADyQ's bit
+  cost term, logged as ``bit_cost``;
 - with ``depth_policy: importance`` the smaller variants are re-planned from measured block
   importance (:mod:`qsr_plugin.rewrite.importance`) before the iterations at the set
   fractions of ``train.total_iter``, on the first batch this process trained on; each plan
@@ -50,6 +51,7 @@ from qsr_plugin.mixed_precision import MixedPrecision
 from qsr_plugin.rewrite.depth import depth_switchable_bodies
 from qsr_plugin.rewrite.importance import importance_bodies, replan_by_importance, replan_steps
 from qsr_plugin.rewrite.variants import each_variant, joint_variant_losses, variant_depths
+from qsr_plugin.sr_training import with_method_loss
 from qsr_plugin.training_stats import QuantizerStatsRecorder, TrainingStats, quantizer_values
 
 from .checkpoint import load_checkpoint, read_state_dict, save_atomically
@@ -268,12 +270,14 @@ class QuantSRModel(SRModel):
             total, parts = joint_variant_losses(
                 self.net_g, self.lq, self.gt, self.cri_pix, self.variant_weights, self.teacher
             )
+            total, method_parts = with_method_loss(self.get_bare_model(self.net_g), total, {})
         self.precision.backward_and_step(total, self.optimizer_g)
         self.step_losses = OrderedDict(
             (tagged(f"l_{name}", depth), loss.detach())
             for depth, depth_parts in parts.items()
             for name, loss in depth_parts.items()
         )
+        self.step_losses.update((name, part.detach()) for name, part in method_parts.items())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
