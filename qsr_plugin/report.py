@@ -209,6 +209,7 @@ class _LayerBits:
         ]
         return sum(measured) / len(measured) if measured else act_bits
 
+
 def b32_limit(model: nn.Module) -> int:
     """Bytes of ``model``'s parameters and buffers at b/32, without any file header.
 
