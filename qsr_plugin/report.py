@@ -215,7 +215,8 @@ def b32_limit(model: nn.Module) -> int:
 
     4 bytes per number and ``b/8`` per quantized weight, over what :func:`qsr_plugin.save`
     stores (each tensor once, no buffers rebuilt by the architecture); the quantizers' bit
-    widths and flags are bookkeeping, not model numbers, and are left out.
+    widths and flags and the depth plans of depth-switchable bodies (``membership``) are
+    bookkeeping, not model numbers, and are left out.
     """
     bits = {
         f"{name}.weight": layer.spec.weight_bits
@@ -226,7 +227,7 @@ def b32_limit(model: nn.Module) -> int:
         f"{name}.{buffer}"
         for name, quantizer in quantizers_of(model)
         for buffer, _ in quantizer.named_buffers(recurse=False)
-    }
+    } | {f"{path}.membership" for path, _ in depth_switchable_bodies(model)}
     total = sum(
         tensor.numel() * (bits[key] / 8 if key in bits else 4)
         for key, tensor in unique_state(model)[0].items()

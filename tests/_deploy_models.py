@@ -94,7 +94,7 @@ def as_trained(model):
     return model.eval()
 
 
-def expected_msrresnet_data_bytes(feat, blocks, grown, bits):
+def expected_msrresnet_data_bytes(feat, blocks, grown, bits, variants=3):
     """Bytes of the data section of a saved MSRResNet (x4) grown from ``blocks`` to ``grown``
     blocks, from the architecture definition: float numbers at 4 bytes, quantized weights
     at ``bits`` bits packed per layer, the quantizer tables, one byte per signedness flag."""
@@ -111,13 +111,14 @@ def expected_msrresnet_data_bytes(feat, blocks, grown, bits):
         + conv3(feat, 3)
         + 3  # conv_last
         + grown * 2 * feat  # body conv biases
-        + grown
-        + (grown - blocks)  # shortcut scales, gates of grown blocks
+        + grown  # shortcut scales
+        + variants * grown  # residual scales, one per variant and block
     )
     layers = 2 * grown
     codes = layers * math.ceil(conv3(feat, feat) * bits / 8)
     tables = 4 * (layers + layers + layers * feat) + layers  # steps, shifts (f32), signed
-    return 4 * float_numbers + codes + tables
+    membership = variants * grown  # the depth plan, one byte per variant and block
+    return 4 * float_numbers + codes + tables + membership
 
 
 def data_section_size(path):

@@ -17,7 +17,7 @@ TOY = accuracy.AccuracySettings(
     ("methods", "feature_methods", "message"),
     [
         ((figures.PHI_METHOD,), ("DoReFa",), "feature_methods: the figures need 'DoReFa', which"),
-        (("DoReFa",), ("DoReFa",), r"methods: the figures need 'QuantSR \(RLQ \+ DQA\)'"),
+        (("DoReFa",), ("DoReFa",), r"methods: the figures need 'QuantSR \(RLQ \+ DQA, spread\)'"),
         ((figures.PHI_METHOD, "EDSR"), (), "methods: 'EDSR' is not a method of the accuracy"),
     ],
 )

@@ -40,7 +40,7 @@ def msrresnet_rows(bits):
     quantizer_numbers = 2 * (
         feat + 1 + 1
     )  # per block: 2 convs x (tau, activation step, weight step)
-    dqa_numbers = 32 + 16  # a shortcut scale per block, a gate per grown block
+    dqa_numbers = 32 + 3 * 32  # a shortcut scale per block, a residual scale per variant and block
     rows = [
         (
             16,
@@ -77,7 +77,7 @@ def swinir_s_rows(bits):
     for depth in (4, 2, 1):
         rstb = 6 * (linear_weights * bits / 32 + linear_biases + norms + position_table)
         rstb += 6 * taus_and_steps + rstb_conv * bits / 32 + dim + (dim + 2)
-        params = outside + 4 + depth * rstb  # 4 shortcut scales
+        params = outside + 4 + 3 * 4 + depth * rstb  # shortcut scales, residual scales
         ops = outside_ops + depth * rstb_ops * bits / 32
         rows.append((depth, params, ops, depth * rstb_attention))
     return rows
@@ -117,8 +117,10 @@ def test_file_sizes_are_the_real_files(tmp_path):
     assert result.files.saved == saved.stat().st_size
     layers = 2 * 8  # 8 blocks of 2 convolutions
     signedness_flags = layers  # one byte each in the file, not model numbers
-    assert result.files.limit == data_section_size(saved)[0] - signedness_flags
-    assert result.files.limit == expected_msrresnet_data_bytes(16, 4, 8, bits) - signedness_flags
+    assert result.files.limit == data_section_size(saved)[0] - signedness_flags - 3 * 8
+    plan = 3 * 8  # the membership buffer: one byte per variant and block, bookkeeping
+    expected = expected_msrresnet_data_bytes(16, 4, 8, bits) - signedness_flags - plan
+    assert result.files.limit == expected
     float_numbers = sum(p.numel() for p in arch("MSRResNet", num_feat=16, num_block=4).parameters())
     assert 4 * float_numbers < result.files.float32 < 4 * float_numbers + 4096
     assert f"saved file (qsr_plugin.save, all blocks): {saved.stat().st_size:,} bytes" in str(

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from basicsr_helpers import ddp_training_worker
 
 # (find_unused_parameters, depth variants of the smoke recipe's 4-block body)
-CASES = [(True, [8, 4, 2]), (False, [8, 4, 2]), (True, [2, 1]), (False, [2, 1])]
+CASES = [(True, [8, 4, 2]), (False, [8, 4, 2]), (True, [4, 2, 1]), (False, [4, 2, 1])]
 
 
 def free_port() -> int:

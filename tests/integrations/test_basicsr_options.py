@@ -175,7 +175,7 @@ def test_variant_loss_weights_mapping_by_depth(smoke_options):
         ({8: 1, 4: 1, 3: 1}, r"must name every depth variant"),
         ([1, -1, 1], r"weight of depth 4 must be a number >= 0, got -1"),
         ([1, "x", 1], r"weight of depth 4 must be a number"),
-        ([0, 0, 0], r"are all zero"),
+        ([0, 0, 0], r"all weights are 0"),
         ("1 1 1", r"must be a list \(deepest variant first\) or a mapping"),
     ],
 )
