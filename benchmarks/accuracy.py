@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -322,9 +323,8 @@ def benchmark(
             log("  " + ", ".join(_cells(new[-1], settings.eval_sets)))
             if checkpoint is not None:
                 checkpoint(result)
-    order = {
-        (m.label, b): i for i, (b, m) in enumerate((b, m) for b in settings.bits for m in methods)
-    }
+    pairs = itertools.product(settings.bits, methods)
+    order = {(method.label, bits): i for i, (bits, method) in enumerate(pairs)}
     result["rows"].sort(key=lambda row: order.get((row["method"], row["bits"]), len(order)))
     return result
 

@@ -37,7 +37,7 @@ from .rewrite.importance import (
     replan_by_importance,
     replan_steps,
 )
-from .rewrite.variants import joint_variant_losses, variant_depths, variant_weights
+from .rewrite.variants import joint_variant_loss, variant_depths, variant_weights
 from .sr_data import PatchSampler
 
 FLOAT_LOSS_KEY = "float"
@@ -285,11 +285,10 @@ def train_qat(
     float_teacher = None if teacher is None else FloatTeacher(teacher, model, distill)
 
     def loss_of_batch(lr_batch, hr_batch):
-        total, parts = joint_variant_losses(
+        total, losses = joint_variant_loss(
             model, lr_batch, hr_batch, F.l1_loss, weights, float_teacher
         )
-        losses = {_loss_key(d): sum(p.values()) for d, p in parts.items()}
-        return with_method_loss(model, total, losses)
+        return with_method_loss(model, total, {_loss_key(d): v for d, v in losses.items()})
 
     special = None
     if shortcut_lr is not None:
